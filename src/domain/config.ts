@@ -1,0 +1,261 @@
+/**
+ * The configuration, as one Schema: servers_config.json (Claude-Desktop style `mcpServers`, plus an
+ * optional `gateway` object) and the gateway settings that flags and MCP_SSH_* variables may also set.
+ */
+import { Either, ParseResult, Schema } from "effect"
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+/** Server names become prefixes of tool names (`<server>__<tool>`), so they keep to that alphabet. */
+export const ServerName = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/, {
+    message: () => "a server name must be 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+  }),
+  Schema.filter(
+    (name) => !name.includes("__") || "a server name may not contain '__' (it separates server and tool)",
+  ),
+)
+
+export const ServerSpec = Schema.Struct({
+  command: Schema.NonEmptyTrimmedString,
+  args: Schema.optional(Schema.Array(Schema.String)),
+  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  cwd: Schema.optional(Schema.NonEmptyTrimmedString),
+  disabled: Schema.optional(Schema.Boolean),
+  /** Claude Desktop configs may say so explicitly; stdio is the only transport a child can have here. */
+  type: Schema.optional(Schema.Literal("stdio")),
+})
+export type ServerSpec = typeof ServerSpec.Type
+
+// ---------------------------------------------------------------------------------------------
+// Gateway settings
+
+const Seconds = Schema.Number.pipe(
+  Schema.finite(),
+  Schema.greaterThan(0, { message: () => "must be a number of seconds greater than 0" }),
+)
+const Count = Schema.Int.pipe(
+  Schema.greaterThanOrEqualTo(1, { message: () => "must be a whole number of at least 1" }),
+)
+const Port = Schema.Int.pipe(
+  Schema.between(0, 65535, { message: () => "must be a port number from 0 to 65535" }),
+)
+const NonEmpty = Schema.NonEmptyTrimmedString
+
+export const logLevels = [
+  "TRACE",
+  "DEBUG",
+  "INFO",
+  "WARNING",
+  "WARN",
+  "ERROR",
+  "CRITICAL",
+  "FATAL",
+  "NONE",
+] as const
+const LogLevelName = Schema.transform(Schema.String, Schema.Literal(...logLevels), {
+  strict: false,
+  decode: (text) => text.toUpperCase(),
+  encode: (level) => level,
+})
+
+/**
+ * Every gateway setting: its flag (kebab-case of the key), its variable (MCP_SSH_ + CONSTANT_CASE of
+ * the key), its JSON key under `gateway`, its type, default and help text. The CLI, the environment
+ * reader and the JSON schema are all generated from this table.
+ */
+export const gatewaySettings = {
+  host: { schema: NonEmpty, default: "127.0.0.1", doc: "SSH server host address to bind to" },
+  port: { schema: Port, default: 8022, doc: "SSH server port (0 picks a free port)" },
+  authorizedClients: {
+    schema: NonEmpty,
+    default: "~/.config/mcp-ssh/authorized_keys",
+    doc: "authorized_keys file of the clients allowed in (a dedicated file, not ~/.ssh/authorized_keys)",
+  },
+  serverKey: {
+    schema: NonEmpty,
+    default: "~/.ssh/m2m_mcp_server_ssh_server",
+    doc: "host private key; an ed25519 key is generated there if missing",
+  },
+  passphrase: { schema: Schema.String, default: undefined, doc: "passphrase of the host private key" },
+  logLevel: { schema: LogLevelName, default: "INFO", doc: `log level: ${logLevels.join(", ")}` },
+  runKeyServer: { schema: Schema.Boolean, default: false, doc: "run the HTTP key management API" },
+  keyServerHost: { schema: NonEmpty, default: "127.0.0.1", doc: "host of the key management API" },
+  keyServerPort: { schema: Port, default: 8000, doc: "port of the key management API" },
+  loginGraceTime: { schema: Seconds, default: 30, doc: "seconds a connection may take to authenticate" },
+  maxAuthTries: { schema: Count, default: 6, doc: "failed authentication attempts before disconnecting" },
+  maxStartups: { schema: Count, default: 100, doc: "unauthenticated connections allowed at once" },
+  maxStartupsPerSource: {
+    schema: Count,
+    default: 10,
+    doc: "unauthenticated connections allowed at once from one address",
+  },
+  maxSessions: { schema: Count, default: 10, doc: "session channels allowed per connection" },
+  keepaliveInterval: {
+    schema: Seconds,
+    default: 15,
+    doc: "seconds between keepalive probes of a silent client",
+  },
+  keepaliveCountMax: { schema: Count, default: 3, doc: "unanswered keepalive probes before disconnecting" },
+  maxLineBytes: {
+    schema: Count,
+    default: 16 * 1024 * 1024,
+    doc: "largest JSON-RPC message in bytes, from clients and from servers",
+  },
+  childStopTimeout: {
+    schema: Seconds,
+    default: 2,
+    doc: "seconds a stopping child gets after stdin closes, and again after SIGTERM, before SIGKILL",
+  },
+} as const satisfies Record<
+  string,
+  { readonly schema: Schema.Schema.AnyNoContext; readonly default: unknown; readonly doc: string }
+>
+
+export type SettingKey = keyof typeof gatewaySettings
+export const settingKeys = Object.keys(gatewaySettings) as Array<SettingKey>
+
+type SettingValue<K extends SettingKey> = Schema.Schema.Type<(typeof gatewaySettings)[K]["schema"]>
+export type GatewaySettings = {
+  readonly [K in SettingKey]: (typeof gatewaySettings)[K]["default"] extends undefined
+    ? SettingValue<K> | undefined
+    : SettingValue<K>
+}
+
+export const flagName = (key: SettingKey): string => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+export const envName = (key: SettingKey): string =>
+  `MCP_SSH_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`
+
+/** A raw setting with where it came from, so an error can point at the flag, variable or JSON key. */
+export interface RawSetting {
+  readonly value: unknown
+  readonly source: string
+}
+
+/** Text from flags and variables is converted to the setting's type before the schema checks it. */
+const fromText = (key: SettingKey, text: string): unknown => {
+  const def = gatewaySettings[key].default
+  if (typeof def === "number") {
+    const trimmed = text.trim()
+    return trimmed !== "" && Number.isFinite(Number(trimmed)) ? Number(trimmed) : text
+  }
+  if (typeof def === "boolean") {
+    const lower = text.trim().toLowerCase()
+    if (["1", "true", "yes", "on"].includes(lower)) return true
+    if (["0", "false", "no", "off", ""].includes(lower)) return false
+    return text
+  }
+  return text
+}
+
+export const decodeSettings = (
+  raw: Partial<Record<SettingKey, RawSetting>>,
+): Either.Either<GatewaySettings, string> => {
+  const out: Record<string, unknown> = {}
+  const problems: Array<string> = []
+  for (const key of settingKeys) {
+    const spec = gatewaySettings[key]
+    const given = raw[key]
+    if (given === undefined) {
+      out[key] = spec.default
+      continue
+    }
+    const value = typeof given.value === "string" ? fromText(key, given.value) : given.value
+    const decoded = Schema.decodeUnknownEither(spec.schema as Schema.Schema.AnyNoContext)(value)
+    if (Either.isLeft(decoded)) {
+      problems.push(`${given.source}: ${describeIssue(decoded.left)} (got ${JSON.stringify(given.value)})`)
+    } else {
+      out[key] = decoded.right
+    }
+  }
+  return problems.length > 0 ? Either.left(problems.join("\n")) : Either.right(out as GatewaySettings)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file
+
+/** `gateway` in the JSON file: the same settings, by their camelCase keys. */
+const GatewaySection = Schema.Record({ key: Schema.String, value: Schema.Unknown }).pipe(
+  Schema.filter((section) => {
+    const unknown = Object.keys(section).filter((key) => !(settingKeys as Array<string>).includes(key))
+    return unknown.length === 0 || `unknown setting(s) ${unknown.map((k) => `'${k}'`).join(", ")}`
+  }),
+)
+
+export const ServersConfigFile = Schema.Struct({
+  mcpServers: Schema.Record({ key: ServerName, value: ServerSpec }),
+  gateway: Schema.optional(GatewaySection),
+  /** Editors add it; it carries no meaning here. */
+  $schema: Schema.optional(Schema.String),
+})
+export type ServersConfigFile = typeof ServersConfigFile.Type
+
+const describeIssue = (error: ParseResult.ParseError): string =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => issue.message)
+    .join("; ")
+
+const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
+  path.length === 0 ? "(top level)" : path.map((segment) => String(segment)).join(".")
+
+/** Decode the parsed JSON of servers_config.json; on failure every problem names its field. */
+export const decodeServersConfig = (value: unknown): Either.Either<ServersConfigFile, string> =>
+  Schema.decodeUnknownEither(ServersConfigFile, { errors: "all", onExcessProperty: "error" })(value).pipe(
+    Either.mapLeft((error) =>
+      ParseResult.ArrayFormatter.formatErrorSync(error)
+        .map((issue) => `${formatPath(issue.path)}: ${issue.message}`)
+        .join("\n"),
+    ),
+  )
+
+/**
+ * Expand `${VAR}` in a server's `env` values from the gateway's environment. A reference to an unset
+ * variable is an error, not an empty string: a missing API key should stop the start, not a call later.
+ */
+export const expandEnvValue = (
+  value: string,
+  environment: Readonly<Record<string, string | undefined>>,
+): Either.Either<string, string> => {
+  const missing: Array<string> = []
+  const expanded = value.replace(
+    /\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g,
+    (whole, name: string | undefined) => {
+      if (name === undefined) return "$"
+      const found = environment[name]
+      if (found === undefined) missing.push(name)
+      return found ?? whole
+    },
+  )
+  return missing.length > 0
+    ? Either.left(`references unset variable(s) ${missing.map((n) => `\${${n}}`).join(", ")}`)
+    : Either.right(expanded)
+}
+
+/** What a child inherits from the gateway's environment when its config does not say more. */
+export const inheritedVariables = [
+  "PATH",
+  "HOME",
+  "USER",
+  "LOGNAME",
+  "SHELL",
+  "TERM",
+  "TMPDIR",
+  "TZ",
+  "LANG",
+] as const
+
+export const childEnvironment = (
+  gatewayEnvironment: Readonly<Record<string, string | undefined>>,
+  configured: Readonly<Record<string, string>>,
+): Record<string, string> => {
+  const env: Record<string, string> = {}
+  for (const name of inheritedVariables) {
+    const value = gatewayEnvironment[name]
+    if (value !== undefined) env[name] = value
+  }
+  for (const [name, value] of Object.entries(gatewayEnvironment)) {
+    if (name.startsWith("LC_") && value !== undefined) env[name] = value
+  }
+  return { ...env, ...configured }
+}

@@ -1,0 +1,38 @@
+import { Data } from "effect"
+
+/** The gateway cannot start because its configuration is wrong; `message` names the source and the field. */
+export class ConfigError extends Data.TaggedError("ConfigError")<{ readonly message: string }> {}
+
+/** The host key could not be loaded, generated or trusted. */
+export class HostKeyError extends Data.TaggedError("HostKeyError")<{
+  readonly path: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `host key ${this.path}: ${this.reason}`
+  }
+}
+
+/** The SSH listener could not be opened. */
+export class ListenError extends Data.TaggedError("ListenError")<{
+  readonly address: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `cannot listen on ${this.address}: ${this.reason}`
+  }
+}
+
+/**
+ * A request to a child MCP server did not get the child's answer: the child could not start, exited,
+ * timed out or answered something unusable. `code` is the JSON-RPC error code the client receives.
+ */
+export class UpstreamError extends Data.TaggedError("UpstreamError")<{
+  readonly server: string
+  readonly code: number
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `server '${this.server}' ${this.reason}`
+  }
+}

@@ -1,0 +1,301 @@
+/**
+ * The SSH server: public-key authentication only (signature verified here, key matched by blob),
+ * sshd-like limits, and MCP on session channels (`shell`, `exec`, subsystem `mcp`). Each connection
+ * is a fiber owning its sessions; closing the layer closes the listener, every connection and,
+ * through their scopes, every child.
+ */
+import { type AddressInfo, createServer, type Server as NetServer, type Socket } from "node:net"
+import { Context, Deferred, Duration, Effect, Exit, FiberSet, Layer, Option, Runtime } from "effect"
+import { formatPublicKey } from "../domain/authorizedKeys.js"
+import { ListenError } from "../domain/errors.js"
+import {
+  type Algorithms,
+  type AuthContext,
+  type Connection,
+  type ServerChannel,
+  type Session,
+  Ssh2Server,
+  utils,
+} from "../platform/ssh2.js"
+import { GatewayConfig } from "./GatewayConfig.js"
+import { HostKey } from "./HostKey.js"
+import { type ClientIdentity, parseSelection } from "./Hub.js"
+import { KeyStore } from "./KeyStore.js"
+import { McpSession } from "./McpSession.js"
+
+export interface SshServerShape {
+  /** Where the server listens (the real port when 0 was asked for). */
+  readonly address: AddressInfo
+}
+
+export class SshServer extends Context.Tag("mcp-ssh/SshServer")<SshServer, SshServerShape>() {}
+
+/** Modern algorithms only; compression is off, so nothing is decompressed before authentication. */
+export const sshAlgorithms: Algorithms = {
+  kex: ["curve25519-sha256", "curve25519-sha256@libssh.org"],
+  cipher: ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com", "aes256-ctr", "aes192-ctr", "aes128-ctr"],
+  hmac: ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"],
+  compress: ["none"],
+}
+
+/** The signature algorithms that may sign for a key of each type. */
+const signatureAlgorithmsFor = (keyType: string): ReadonlyArray<string> =>
+  keyType === "ssh-rsa" ? ["ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"] : [keyType]
+
+/** The MCP subsystem name; `ssh -s host mcp` requests it. */
+export const mcpSubsystem = "mcp"
+
+const listen = (server: NetServer, host: string, port: number) =>
+  Effect.async<AddressInfo, ListenError>((resume) => {
+    const onError = (error: Error) =>
+      resume(Effect.fail(new ListenError({ address: `${host}:${port}`, reason: error.message })))
+    server.once("error", onError)
+    server.listen({ host, port }, () => {
+      server.off("error", onError)
+      resume(Effect.succeed(server.address() as AddressInfo))
+    })
+  })
+
+export const SshServerLive = Layer.scoped(
+  SshServer,
+  Effect.gen(function* () {
+    const { settings } = yield* GatewayConfig
+    const hostKey = yield* HostKey
+    const keyStore = yield* KeyStore
+    const mcpSession = yield* McpSession
+
+    const connections = yield* FiberSet.make<void, never>()
+    const runConnection = yield* FiberSet.runtime(connections)<never>()
+    const runtime = yield* Effect.runtime<never>()
+    const runSync = Runtime.runFork(runtime)
+
+    /** Unauthenticated connections, in total and by source address (sshd's MaxStartups). */
+    const unauthenticated = { total: 0, bySource: new Map<string, number>() }
+    /** Connections waiting for ssh2 to hand over their protocol object, by remote address and port. */
+    const awaitingHandshake = new Map<string, (client: Connection) => void>()
+    const socketKey = (ip: string | undefined, port: number | undefined) => `${ip}|${port}`
+
+    const ssh2 = new Ssh2Server({
+      hostKeys: [
+        hostKey.serverKey.passphrase === undefined
+          ? hostKey.serverKey.key
+          : { key: hostKey.serverKey.key, passphrase: hostKey.serverKey.passphrase },
+      ],
+      algorithms: sshAlgorithms,
+      ident: "mcp-ssh",
+      keepaliveInterval: settings.keepaliveInterval * 1000,
+      keepaliveCountMax: settings.keepaliveCountMax,
+    })
+    ssh2.on("connection", (client, info) => {
+      const key = socketKey(info.ip, info.port)
+      const attach = awaitingHandshake.get(key)
+      awaitingHandshake.delete(key)
+      if (attach === undefined) client.end()
+      else attach(client)
+    })
+    ssh2.on("error", () => {})
+
+    const handleConnection = (socket: Socket) =>
+      Effect.gen(function* () {
+        const source = socket.remoteAddress ?? "unknown"
+        const remote = `${source}:${socket.remotePort ?? 0}`
+        socket.on("error", () => {})
+        yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+        const fromSource = unauthenticated.bySource.get(source) ?? 0
+        if (unauthenticated.total >= settings.maxStartups || fromSource >= settings.maxStartupsPerSource) {
+          return yield* Effect.logWarning(
+            `refused connection: ${unauthenticated.total} unauthenticated connections (${fromSource} from this address) at the limit`,
+          )
+        }
+        socket.setNoDelay(true)
+
+        // Counted as unauthenticated from accept until login (or close).
+        let counted = true
+        unauthenticated.total++
+        unauthenticated.bySource.set(source, fromSource + 1)
+        const uncount = () => {
+          if (!counted) return
+          counted = false
+          unauthenticated.total--
+          const left = (unauthenticated.bySource.get(source) ?? 1) - 1
+          if (left <= 0) unauthenticated.bySource.delete(source)
+          else unauthenticated.bySource.set(source, left)
+        }
+        yield* Effect.addFinalizer(() => Effect.sync(uncount))
+
+        const closed = yield* Deferred.make<void>()
+        socket.once("close", () => Deferred.unsafeDone(closed, Exit.void))
+        const authenticated = yield* Deferred.make<ClientIdentity>()
+        const sessions = yield* FiberSet.make<void, never>()
+        const runSession = yield* FiberSet.runtime(sessions)<never>()
+        let failures = 0
+        let openSessions = 0
+
+        const attach = (client: Connection) => {
+          client.on("error", () => {})
+          client.on("close", () => Deferred.unsafeDone(closed, Exit.void))
+
+          const refuse = (why: string) => {
+            failures++
+            runSync(Effect.logInfo(`authentication failed: ${why}`).pipe(Effect.annotateLogs({ remote })))
+            if (failures >= settings.maxAuthTries) {
+              runSync(
+                Effect.logWarning(`disconnected after ${failures} failed authentication attempts`).pipe(
+                  Effect.annotateLogs({ remote }),
+                ),
+              )
+              client.end()
+            }
+          }
+
+          client.on("authentication", (context: AuthContext) => {
+            if (context.method === "none") return context.reject(["publickey"])
+            if (context.method !== "publickey") {
+              refuse(`method ${context.method} is not allowed`)
+              return context.reject(["publickey"])
+            }
+            runSync(
+              keyStore.find(context.key.data).pipe(
+                Effect.map((found) => {
+                  if (Option.isNone(found)) {
+                    refuse(`key ${context.key.algo} is not authorized`)
+                    return context.reject(["publickey"])
+                  }
+                  const key = found.value
+                  if (!signatureAlgorithmsFor(key.type).includes(context.key.algo)) {
+                    refuse(`signature algorithm ${context.key.algo} does not fit a ${key.type} key`)
+                    return context.reject(["publickey"])
+                  }
+                  // No signature: the client only asks whether this key would do.
+                  if (context.signature === undefined) return context.accept()
+                  const parsed = utils.parseKey(formatPublicKey(key))
+                  const valid =
+                    !(parsed instanceof Error) &&
+                    !Array.isArray(parsed) &&
+                    parsed.verify(context.blob ?? Buffer.alloc(0), context.signature, context.hashAlgo) ===
+                      true
+                  if (!valid) {
+                    refuse(`bad signature for ${key.fingerprint}`)
+                    return context.reject(["publickey"])
+                  }
+                  Deferred.unsafeDone(
+                    authenticated,
+                    Exit.succeed({
+                      fingerprint: key.fingerprint,
+                      username: context.username,
+                      address: remote,
+                    }),
+                  )
+                  return context.accept()
+                }),
+              ),
+            )
+          })
+
+          client.on("ready", uncount)
+
+          // Port forwarding, in either direction, is never offered.
+          client.on("request", (_accept, reject, name) => {
+            runSync(Effect.logInfo(`refused global request ${name}`).pipe(Effect.annotateLogs({ remote })))
+            reject?.()
+          })
+          client.on("tcpip", (_accept, reject) => reject())
+          client.on("openssh.streamlocal", (_accept, reject) => reject())
+
+          client.on("session", (accept, reject) => {
+            if (openSessions >= settings.maxSessions) {
+              runSync(Effect.logInfo(`refused session: ${settings.maxSessions} already open`))
+              return reject()
+            }
+            openSessions++
+            const session = accept()
+            session.once("close", () => {
+              openSessions--
+            })
+            wireSession(session)
+          })
+        }
+
+        const wireSession = (session: Session) => {
+          const refuse = (what: string) => (_accept: unknown, reject: (() => void) | undefined) => {
+            runSync(Effect.logInfo(`refused ${what} request`).pipe(Effect.annotateLogs({ remote })))
+            reject?.()
+          }
+          session.on("pty", refuse("pty"))
+          session.on("env", refuse("env"))
+          session.on("x11", refuse("x11"))
+          session.on("auth-agent", refuse("agent forwarding"))
+          session.on("signal", refuse("signal"))
+          session.on("shell", (accept) => startMcp(accept(), []))
+          session.on("exec", (accept, _reject, info) => startMcp(accept(), parseSelection(info.command)))
+          session.on("subsystem", (accept, reject, info) => {
+            if (info.name === mcpSubsystem) return startMcp(accept(), [])
+            refuse(`subsystem '${info.name}'`)(accept, reject)
+          })
+        }
+
+        const startMcp = (channel: ServerChannel, selection: ReadonlyArray<string>) => {
+          runSession(
+            Effect.gen(function* () {
+              const client = yield* Deferred.await(authenticated)
+              const channelClosed = yield* Deferred.make<void>()
+              channel.once("close", () => Deferred.unsafeDone(channelClosed, Exit.void))
+              channel.on("error", () => {})
+              const status = yield* mcpSession.serve(
+                {
+                  input: channel,
+                  output: channel,
+                  diagnostics: channel.stderr,
+                  closed: Deferred.await(channelClosed),
+                },
+                selection,
+                client,
+              )
+              yield* Effect.sync(() => {
+                if (!channel.destroyed) {
+                  channel.exit(status)
+                  channel.end()
+                }
+              })
+            }).pipe(
+              Effect.onInterrupt(() => Effect.sync(() => channel.destroy())),
+              Effect.annotateLogs({ remote }),
+            ),
+          )
+        }
+
+        awaitingHandshake.set(socketKey(socket.remoteAddress, socket.remotePort), attach)
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => awaitingHandshake.delete(socketKey(socket.remoteAddress, socket.remotePort))),
+        )
+        ssh2.injectSocket(socket)
+
+        const grace = Duration.seconds(settings.loginGraceTime)
+        const login = yield* Effect.raceFirst(
+          Deferred.await(authenticated).pipe(Effect.map(Option.some)),
+          Deferred.await(closed).pipe(Effect.as(Option.none<ClientIdentity>())),
+        ).pipe(Effect.timeout(grace), Effect.option)
+        if (Option.isNone(login)) {
+          return yield* Effect.logInfo(`closed: not authenticated within ${Duration.format(grace)}`)
+        }
+        if (Option.isNone(login.value)) return
+        const identity = login.value.value
+        uncount()
+        yield* Effect.logInfo("authenticated").pipe(
+          Effect.annotateLogs({ client: identity.fingerprint, user: identity.username }),
+        )
+        yield* Deferred.await(closed)
+        yield* Effect.logDebug("connection closed")
+      }).pipe(Effect.scoped, Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }))
+
+    const netServer = createServer({ noDelay: true }, (socket) => {
+      runConnection(handleConnection(socket))
+    })
+    const address = yield* Effect.acquireRelease(listen(netServer, settings.host, settings.port), () =>
+      // Stop accepting now; open connections end when the FiberSet above is interrupted.
+      Effect.sync(() => netServer.close()),
+    )
+    yield* Effect.logInfo(`SSH server listening on ${address.address}:${address.port}`)
+    return { address }
+  }),
+)

@@ -1,0 +1,385 @@
+/**
+ * One child MCP server over stdio, as a scoped resource. The child runs in its own process group;
+ * releasing it closes stdin, then SIGTERMs and finally SIGKILLs the whole group, so nothing it
+ * started outlives it. Requests get gateway-assigned ids, a deadline that progress extends, and a
+ * notifications/cancelled to the child when the caller gives up.
+ */
+import { type ChildProcessByStdio, spawn } from "node:child_process"
+import type { Readable, Writable } from "node:stream"
+import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Queue, type Scope, Stream } from "effect"
+import { UpstreamError } from "../domain/errors.js"
+import {
+  classifyLine,
+  ErrorCode,
+  encodeMessage,
+  type JsonObject,
+  type JsonRpcNotification,
+  type JsonRpcRequest,
+  type JsonRpcResponse,
+  recoverId,
+} from "../domain/jsonRpc.js"
+import { LineFramer } from "../domain/lineFramer.js"
+import { readChunks, writeWithBackpressure } from "../platform/streams.js"
+import type { ChildServer } from "./GatewayConfig.js"
+
+export type ChildMessage = JsonRpcRequest | JsonRpcNotification
+
+export interface UpstreamConnection {
+  readonly name: string
+  readonly pid: number
+  /**
+   * Send a request and wait for the child's response (returned with the caller's id). Interrupting
+   * the caller cancels the request at the child.
+   */
+  readonly request: (request: JsonRpcRequest) => Effect.Effect<JsonRpcResponse, UpstreamError>
+  /** Send a notification, or the answer to a request the child made. */
+  readonly send: (message: JsonRpcNotification | JsonRpcResponse) => Effect.Effect<void, UpstreamError>
+  /** Requests and notifications the child sends on its own, in order. */
+  readonly incoming: Queue.Dequeue<ChildMessage>
+  /** Completes when the child has exited; the value says how. */
+  readonly exited: Effect.Effect<UpstreamError>
+}
+
+export interface UpstreamOptions {
+  readonly maxLineBytes: number
+  readonly stopTimeout: Duration.Duration
+  readonly requestTimeout: Duration.Duration
+}
+
+export class Upstream extends Context.Tag("mcp-ssh/Upstream")<
+  Upstream,
+  {
+    readonly start: (
+      server: ChildServer,
+      options: UpstreamOptions,
+    ) => Effect.Effect<UpstreamConnection, UpstreamError, Scope.Scope>
+  }
+>() {}
+
+type Child = ChildProcessByStdio<Writable, Readable, Readable>
+
+interface Pending {
+  readonly deferred: Deferred.Deferred<JsonRpcResponse, UpstreamError>
+  /** Epoch millis of the last sign of life (sent, or progress received); the deadline counts from it. */
+  lastActivity: number
+}
+
+const describeExit = (code: number | null, signal: NodeJS.Signals | null): string =>
+  signal !== null ? `exited on ${signal}` : `exited with code ${code ?? "unknown"}`
+
+/** Signal a whole process group; a group that is already gone is not an error. */
+const signalGroup = (pid: number, signal: NodeJS.Signals | 0): boolean => {
+  try {
+    process.kill(-pid, signal)
+    return true
+  } catch {
+    return false
+  }
+}
+
+const spawnChild = (server: ChildServer) =>
+  Effect.async<Child, UpstreamError>((resume) => {
+    let child: Child
+    try {
+      child = spawn(server.command, [...server.args], {
+        cwd: server.cwd,
+        env: server.env,
+        stdio: ["pipe", "pipe", "pipe"],
+        // Its own process group, so stopping it reaches everything it started.
+        detached: true,
+      })
+    } catch (error) {
+      resume(
+        Effect.fail(
+          new UpstreamError({
+            server: server.name,
+            code: ErrorCode.ServerUnavailable,
+            reason: `could not start: ${error instanceof Error ? error.message : String(error)}`,
+          }),
+        ),
+      )
+      return
+    }
+    const onSpawn = () => {
+      child.off("error", onError)
+      resume(Effect.succeed(child))
+    }
+    const onError = (error: Error) => {
+      child.off("spawn", onSpawn)
+      resume(
+        Effect.fail(
+          new UpstreamError({
+            server: server.name,
+            code: ErrorCode.ServerUnavailable,
+            reason: `could not start '${server.command}': ${error.message}`,
+          }),
+        ),
+      )
+    }
+    child.once("spawn", onSpawn)
+    child.once("error", onError)
+  })
+
+export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
+  Effect.gen(function* () {
+    const name = server.name
+    const exitedSignal = yield* Deferred.make<UpstreamError>()
+    const child = yield* Effect.acquireRelease(spawnChild(server), (child) =>
+      stopChild(child, exitedSignal, options.stopTimeout),
+    )
+    const pid = child.pid ?? -1
+    const log = (effect: Effect.Effect<void>) => effect.pipe(Effect.annotateLogs({ server: name, pid }))
+    yield* log(Effect.logDebug(`started: ${server.command} ${server.args.join(" ")}`))
+
+    // Pipe errors (EPIPE after the child died) are reported through 'exit'; keep them from crashing us.
+    child.stdin.on("error", () => {})
+    child.stdout.on("error", () => {})
+    child.stderr.on("error", () => {})
+
+    const pending = new Map<number, Pending>()
+    const progressOwners = new Map<string, number>()
+    let nextId = 1
+    const incoming = yield* Queue.bounded<ChildMessage>(1024)
+
+    const failAllPending = (error: UpstreamError) => {
+      for (const entry of pending.values()) Deferred.unsafeDone(entry.deferred, Exit.fail(error))
+      pending.clear()
+    }
+
+    child.once("exit", (code, signal) => {
+      const error = new UpstreamError({
+        server: name,
+        code: ErrorCode.ServerUnavailable,
+        reason: describeExit(code, signal),
+      })
+      Deferred.unsafeDone(exitedSignal, Exit.succeed(error))
+      // Whatever it left running in its group goes with it.
+      signalGroup(pid, "SIGTERM")
+    })
+
+    const progressKey = (token: unknown) => JSON.stringify(token)
+
+    const handleLine = (line: Uint8Array): Effect.Effect<void> => {
+      const message = classifyLine(line)
+      switch (message._tag) {
+        case "Response": {
+          const id = message.message.id
+          const entry = typeof id === "number" ? pending.get(id) : undefined
+          if (entry === undefined || typeof id !== "number") {
+            return log(Effect.logWarning(`ignored a response to unknown request id ${JSON.stringify(id)}`))
+          }
+          pending.delete(id)
+          Deferred.unsafeDone(entry.deferred, Exit.succeed(message.message))
+          return Effect.void
+        }
+        case "Invalid": {
+          const entry = typeof message.id === "number" ? pending.get(message.id) : undefined
+          if (entry !== undefined && typeof message.id === "number") {
+            pending.delete(message.id)
+            Deferred.unsafeDone(
+              entry.deferred,
+              Exit.fail(
+                new UpstreamError({
+                  server: name,
+                  code: ErrorCode.InternalError,
+                  reason: `sent an invalid response (${message.error.message})`,
+                }),
+              ),
+            )
+          }
+          const text = Buffer.from(line.subarray(0, 200)).toString("utf8")
+          return log(Effect.logWarning(`ignored stdout line that is not JSON-RPC: ${text}`))
+        }
+        case "Notification": {
+          if (message.message.method === "notifications/progress") {
+            const owner = progressOwners.get(progressKey(message.message.params?.progressToken))
+            const entry = owner === undefined ? undefined : pending.get(owner)
+            if (entry !== undefined) entry.lastActivity = Date.now()
+          }
+          return Queue.offer(incoming, message.message)
+        }
+        case "Request":
+          return Queue.offer(incoming, message.message)
+      }
+    }
+
+    const framer = new LineFramer(options.maxLineBytes)
+    const handleOversized = (size: number, head: string, tail: string) => {
+      const id = recoverId(head, tail)
+      const entry = typeof id === "number" ? pending.get(id) : undefined
+      if (entry !== undefined && typeof id === "number") {
+        pending.delete(id)
+        Deferred.unsafeDone(
+          entry.deferred,
+          Exit.fail(
+            new UpstreamError({
+              server: name,
+              code: ErrorCode.InternalError,
+              reason: `sent a response of ${size} bytes, over the ${options.maxLineBytes}-byte limit`,
+            }),
+          ),
+        )
+      }
+      return log(
+        Effect.logWarning(`dropped a ${size}-byte message, over the ${options.maxLineBytes}-byte limit`),
+      )
+    }
+
+    yield* readChunks(child.stdout).pipe(
+      Stream.runForEach((chunk) =>
+        Effect.forEach(
+          framer.push(chunk),
+          (frame) =>
+            frame._tag === "Line"
+              ? handleLine(frame.bytes)
+              : handleOversized(frame.size, frame.head, frame.tail),
+          { discard: true },
+        ),
+      ),
+      // Answers still in the pipe when the child exits are delivered first; then the rest fail.
+      Effect.zipRight(Deferred.await(exitedSignal)),
+      Effect.flatMap((error) => Effect.sync(() => failAllPending(error))),
+      Effect.forkScoped,
+    )
+
+    const stderrFramer = new LineFramer(64 * 1024)
+    yield* readChunks(child.stderr).pipe(
+      Stream.runForEach((chunk) =>
+        Effect.forEach(
+          stderrFramer.push(chunk),
+          (frame) =>
+            log(
+              Effect.logInfo(
+                frame._tag === "Line"
+                  ? Buffer.from(frame.bytes).toString("utf8")
+                  : `${frame.head.slice(0, 200)}... [${frame.size} bytes of stderr]`,
+              ),
+            ),
+          { discard: true },
+        ),
+      ),
+      Effect.forkScoped,
+    )
+
+    const exitedError = Deferred.poll(exitedSignal).pipe(
+      Effect.flatMap((polled) => (polled._tag === "Some" ? polled.value : Effect.succeed(undefined))),
+    )
+
+    const write = (message: JsonObject) =>
+      writeWithBackpressure(child.stdin, encodeMessage(message as JsonRpcNotification)).pipe(
+        Effect.catchAll(() =>
+          exitedError.pipe(
+            Effect.flatMap((error) =>
+              Effect.fail(
+                error ??
+                  new UpstreamError({
+                    server: name,
+                    code: ErrorCode.ServerUnavailable,
+                    reason: "closed its input",
+                  }),
+              ),
+            ),
+          ),
+        ),
+      )
+
+    const timeoutMillis = Duration.toMillis(options.requestTimeout)
+
+    /** Fails once the request has been silent (no progress) for the whole timeout. */
+    const deadline = (id: number, entry: Pending): Effect.Effect<never, UpstreamError> =>
+      Effect.gen(function* () {
+        while (true) {
+          const now = yield* Clock.currentTimeMillis
+          const remaining = entry.lastActivity + timeoutMillis - now
+          if (remaining <= 0) {
+            return yield* new UpstreamError({
+              server: name,
+              code: ErrorCode.RequestTimeout,
+              reason: `did not answer request ${id} within ${Duration.format(options.requestTimeout)}`,
+            })
+          }
+          yield* Effect.sleep(Duration.millis(remaining))
+        }
+      })
+
+    const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
+      Effect.gen(function* () {
+        const alreadyExited = yield* exitedError
+        if (alreadyExited !== undefined) return yield* alreadyExited
+        const id = nextId++
+        const entry: Pending = {
+          deferred: yield* Deferred.make<JsonRpcResponse, UpstreamError>(),
+          lastActivity: Date.now(),
+        }
+        pending.set(id, entry)
+        const token = message.params?._meta
+        const progressToken =
+          typeof token === "object" && token !== null && "progressToken" in token
+            ? token.progressToken
+            : undefined
+        if (progressToken !== undefined) progressOwners.set(progressKey(progressToken), id)
+        const cleanup = Effect.sync(() => {
+          pending.delete(id)
+          if (progressToken !== undefined) progressOwners.delete(progressKey(progressToken))
+        })
+        const cancelAtChild = (reason: string) =>
+          write({
+            jsonrpc: "2.0",
+            method: "notifications/cancelled",
+            params: { requestId: id, reason },
+          }).pipe(Effect.ignore)
+        return yield* write({ ...message, id }).pipe(
+          Effect.zipRight(Effect.raceFirst(Deferred.await(entry.deferred), deadline(id, entry))),
+          Effect.map((response) => ({ ...response, id: message.id })),
+          Effect.tapErrorTag("UpstreamError", (error) =>
+            error.code === ErrorCode.RequestTimeout
+              ? cancelAtChild("request timed out at the gateway")
+              : Effect.void,
+          ),
+          Effect.onInterrupt(() =>
+            pending.has(id) ? cancelAtChild("cancelled by the client") : Effect.void,
+          ),
+          Effect.ensuring(cleanup),
+        )
+      })
+
+    const send = (message: JsonRpcNotification | JsonRpcResponse) => write(message)
+
+    return {
+      name,
+      pid,
+      request,
+      send,
+      incoming,
+      exited: Deferred.await(exitedSignal),
+    } satisfies UpstreamConnection
+  })
+
+/** Close stdin, then SIGTERM, then SIGKILL the child's process group, waiting `grace` between steps. */
+const stopChild = (child: Child, exited: Deferred.Deferred<UpstreamError>, grace: Duration.Duration) =>
+  Effect.gen(function* () {
+    const pid = child.pid
+    if (pid === undefined) return
+    const waitExit = Deferred.await(exited).pipe(Effect.timeout(grace), Effect.option)
+    const groupAlive = Effect.sync(() => signalGroup(pid, 0))
+    const waitGroupGone = Effect.gen(function* () {
+      const until = Date.now() + Duration.toMillis(grace)
+      while ((yield* groupAlive) && Date.now() < until) yield* Effect.sleep(Duration.millis(20))
+    })
+    child.stdin.end()
+    yield* waitExit
+    if (yield* groupAlive) {
+      signalGroup(pid, "SIGTERM")
+      yield* waitExit
+      yield* waitGroupGone
+    }
+    if (yield* groupAlive) {
+      signalGroup(pid, "SIGKILL")
+      yield* Effect.logWarning("child did not stop after SIGTERM: killed its process group").pipe(
+        Effect.annotateLogs({ pid }),
+      )
+      yield* waitExit
+    }
+  })
+
+export const UpstreamLive = Layer.succeed(Upstream, { start: startUpstream })
