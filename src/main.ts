@@ -58,6 +58,9 @@ const runGateway = (flags: FlagValues) =>
     const config = yield* loadGatewayConfig(flags, process.env)
     const app = gatewayFromConfig(config)
     yield* Effect.gen(function* () {
+      if (config.settings.runKeyServer) {
+        yield* Effect.logWarning("--run-key-server: the key API is not part of this version; authorize keys in the file")
+      }
       const { address } = yield* SshServer
       const hostKey = yield* HostKey
       const keyStore = yield* KeyStore
@@ -86,4 +89,6 @@ const fail = (message: string) =>
 
 const cli = Command.run(command, { name: "mcp-ssh-server", version })
 
-cli(process.argv).pipe(Effect.provide(NodeContext.layer), NodeRuntime.runMain)
+// The gateway logs logfmt to stderr (loggerLayer); runMain's default pretty logger would repeat every
+// line on stdout.
+cli(process.argv).pipe(Effect.provide(NodeContext.layer), NodeRuntime.runMain({ disablePrettyLogger: true }))

@@ -360,7 +360,8 @@ const stopChild = (child: Child, exited: Deferred.Deferred<UpstreamError>, grace
   Effect.gen(function* () {
     const pid = child.pid
     if (pid === undefined) return
-    const waitExit = Deferred.await(exited).pipe(Effect.timeout(grace), Effect.option)
+    // Finalizers run uninterruptibly, and a timeout cannot cut short an uninterruptible wait.
+    const waitExit = Deferred.await(exited).pipe(Effect.interruptible, Effect.timeout(grace), Effect.option)
     const groupAlive = Effect.sync(() => signalGroup(pid, 0))
     const waitGroupGone = Effect.gen(function* () {
       const until = Date.now() + Duration.toMillis(grace)

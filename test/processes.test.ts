@@ -1,0 +1,115 @@
+/**
+ * No child outlives its session or the gateway, and children see only the environment the config
+ * gives them. Checked in the real process table.
+ */
+import { spawn } from "node:child_process"
+import { afterEach, describe, expect, it } from "vitest"
+import { disposeGateway, node, type RunningGateway, startGateway } from "./support/gateway.js"
+import { childrenOf, isRunning, membersOfGroups, waitUntil } from "./support/processes.js"
+import { connect, openLineChannel, opensshArgs } from "./support/ssh.js"
+
+let gateway: RunningGateway | undefined
+afterEach(async () => {
+  await disposeGateway(gateway)
+  gateway = undefined
+})
+
+const openSession = async (running: RunningGateway, server: string) => {
+  const connection = await connect(running)
+  const channel = await openLineChannel(connection, { exec: server })
+  await channel.request("warm-up", "ping")
+  return { connection, channel }
+}
+
+describe("child processes", () => {
+  it("ends the child when its session closes", async () => {
+    gateway = await startGateway({ servers: { mini: node("mini-server.mjs") } })
+    const { connection, channel } = await openSession(gateway, "mini")
+    const [child] = childrenOf(gateway.pid)
+    expect(child).toBeDefined()
+    channel.channel.end()
+    expect(await channel.exit).toBe(0)
+    await waitUntil(() => !isRunning(child ?? -1), 5000, "the child to end")
+    connection.end()
+  })
+
+  it("ends every child when the gateway gets SIGTERM in the middle of calls, and exits 0", async () => {
+    gateway = await startGateway({ servers: { mini: node("mini-server.mjs") } })
+    const sessions = await Promise.all([openSession(gateway, "mini"), openSession(gateway, "mini")])
+    for (const { channel } of sessions) {
+      channel.send({
+        jsonrpc: "2.0",
+        id: "slow",
+        method: "tools/call",
+        params: { name: "sleep", arguments: { ms: 30_000 } },
+      })
+    }
+    const children = childrenOf(gateway.pid)
+    expect(children).toHaveLength(2)
+    const exit = await gateway.stop()
+    expect(exit).toEqual({ code: 0, signal: null })
+    for (const child of children) expect(isRunning(child)).toBe(false)
+    // Each child led its own process group; nothing of those groups is left either.
+    expect(membersOfGroups(children)).toEqual([])
+  })
+
+  it("kills a child that ignores SIGTERM once the stop timeout has passed", async () => {
+    gateway = await startGateway({ servers: { stubborn: node("mini-server.mjs", "ignore-term") } })
+    const { connection, channel } = await openSession(gateway, "stubborn")
+    const [child] = childrenOf(gateway.pid)
+    channel.channel.end()
+    await channel.exit
+    await waitUntil(() => !isRunning(child ?? -1), 6000, "the stubborn child to be killed")
+    await gateway.waitForLog(/did not stop after SIGTERM: killed its process group/)
+    connection.end()
+  })
+
+  it("answers with an error after the child is killed from outside, and leaves nothing behind", async () => {
+    gateway = await startGateway({ servers: { mini: node("mini-server.mjs") } })
+    const { connection, channel } = await openSession(gateway, "mini")
+    const [child] = childrenOf(gateway.pid)
+    process.kill(child ?? -1, "SIGKILL")
+    await waitUntil(() => !isRunning(child ?? -1), 5000, "the child to die")
+    expect(await channel.request(1, "ping")).toMatchObject({
+      error: { code: -32000, message: expect.stringMatching(/exited on SIGKILL/) },
+    })
+    channel.channel.end()
+    await channel.exit
+    expect(childrenOf(gateway.pid)).toEqual([])
+    connection.end()
+  })
+})
+
+describe("child environment", () => {
+  it("gives the child the safe set and its configured env, not the gateway's secrets or the client's", async () => {
+    gateway = await startGateway({
+      servers: {
+        mini: { ...node("mini-server.mjs"), env: { API_TOKEN: "${TOKEN_SOURCE}", PLAIN: "value $$5" } },
+      },
+      env: { TOKEN_SOURCE: "from-gateway-env", GATEWAY_SECRET: "must-not-leak" },
+    })
+    const ssh = spawn("ssh", [...opensshArgs(gateway), "-o", "SetEnv=INJECTED_BY_CLIENT=1", "mini"], {
+      stdio: ["pipe", "pipe", "pipe"],
+    })
+    let output = ""
+    ssh.stdout.on("data", (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    ssh.stdin.write(
+      `${JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "env", arguments: {} } })}\n`,
+    )
+    await waitUntil(() => output.includes("\n"), 10_000, "the env tool's answer")
+    ssh.stdin.end()
+    const response = JSON.parse(output.split("\n")[0] ?? "") as {
+      result: { content: Array<{ text: string }> }
+    }
+    const env = JSON.parse(response.result.content[0]?.text ?? "{}") as Record<string, string>
+    expect(env.API_TOKEN).toBe("from-gateway-env")
+    expect(env.PLAIN).toBe("value $5")
+    expect(env.PATH).toBeDefined()
+    expect(env.GATEWAY_SECRET).toBeUndefined()
+    expect(env.TOKEN_SOURCE).toBeUndefined()
+    expect(env.INJECTED_BY_CLIENT).toBeUndefined()
+    await gateway.waitForLog(/refused env request/)
+  })
+})
