@@ -59,7 +59,9 @@ const runGateway = (flags: FlagValues) =>
     const app = gatewayFromConfig(config)
     yield* Effect.gen(function* () {
       if (config.settings.runKeyServer) {
-        yield* Effect.logWarning("--run-key-server: the key API is not part of this version; authorize keys in the file")
+        yield* Effect.logWarning(
+          "--run-key-server: the key API is not part of this version; authorize keys in the file",
+        )
       }
       const { address } = yield* SshServer
       const hostKey = yield* HostKey

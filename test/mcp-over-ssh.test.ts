@@ -18,15 +18,19 @@ afterAll(async () => {
 })
 
 const exerciseReferenceServer = async (client: Client) => {
-  expect(client.getServerVersion()?.name).toBe("mcp-servers/everything")
+  expect(client.getServerVersion()?.name).toBe("mcp-ssh")
+  expect(client.getInstructions()).toMatch(/^## everything\n/)
 
   const { tools } = await client.listTools()
-  expect(tools.map((tool) => tool.name)).toContain("echo")
+  expect(tools.map((tool) => tool.name)).toContain("everything__echo")
 
-  const echoed = await client.callTool({ name: "echo", arguments: { message: "through ssh" } })
+  const echoed = await client.callTool({ name: "everything__echo", arguments: { message: "through ssh" } })
   expect(echoed.content).toEqual([{ type: "text", text: "Echo: through ssh" }])
 
-  const prompt = await client.getPrompt({ name: "args-prompt", arguments: { city: "Lisbon", state: "LX" } })
+  const prompt = await client.getPrompt({
+    name: "everything__args-prompt",
+    arguments: { city: "Lisbon", state: "LX" },
+  })
   expect(JSON.stringify(prompt.messages)).toContain("Lisbon")
 
   const { resources } = await client.listResources()

@@ -41,7 +41,7 @@ describe("child processes", () => {
         jsonrpc: "2.0",
         id: "slow",
         method: "tools/call",
-        params: { name: "sleep", arguments: { ms: 30_000 } },
+        params: { name: "mini__sleep", arguments: { ms: 30_000 } },
       })
     }
     const children = childrenOf(gateway.pid)
@@ -64,18 +64,26 @@ describe("child processes", () => {
     connection.end()
   })
 
-  it("answers with an error after the child is killed from outside, and leaves nothing behind", async () => {
+  it("restarts a child killed from outside, and leaves nothing behind", async () => {
     gateway = await startGateway({ servers: { mini: node("mini-server.mjs") } })
     const { connection, channel } = await openSession(gateway, "mini")
     const [child] = childrenOf(gateway.pid)
     process.kill(child ?? -1, "SIGKILL")
-    await waitUntil(() => !isRunning(child ?? -1), 5000, "the child to die")
-    expect(await channel.request(1, "ping")).toMatchObject({
-      error: { code: -32000, message: expect.stringMatching(/exited on SIGKILL/) },
+    await gateway.waitForLog(/server 'mini' exited on SIGKILL; restarting in/)
+    await waitUntil(() => childrenOf(gateway?.pid ?? -1).some((pid) => pid !== child), 5000, "a new child")
+    await waitUntil(
+      () => (gateway?.log().match(/server 'mini' is up/g) ?? []).length >= 2,
+      5000,
+      "the restart",
+    )
+    expect(
+      await channel.request(1, "tools/call", { name: "mini__echo", arguments: { message: "again" } }),
+    ).toMatchObject({
+      result: { content: [{ text: "again" }] },
     })
     channel.channel.end()
     await channel.exit
-    expect(childrenOf(gateway.pid)).toEqual([])
+    await waitUntil(() => childrenOf(gateway?.pid ?? -1).length === 0, 5000, "no child left")
     connection.end()
   })
 })
@@ -96,7 +104,7 @@ describe("child environment", () => {
       output += chunk.toString()
     })
     ssh.stdin.write(
-      `${JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "env", arguments: {} } })}\n`,
+      `${JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "mini__env", arguments: {} } })}\n`,
     )
     await waitUntil(() => output.includes("\n"), 10_000, "the env tool's answer")
     ssh.stdin.end()

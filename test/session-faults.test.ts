@@ -62,7 +62,7 @@ describe("bad input from a client", () => {
     const big = JSON.stringify({
       jsonrpc: "2.0",
       method: "tools/call",
-      params: { name: "echo", arguments: { message: "x".repeat(10_000) } },
+      params: { name: "mini__echo", arguments: { message: "x".repeat(10_000) } },
       id: 77,
     })
     channel.sendRaw(`${big}\n`)
@@ -99,7 +99,7 @@ describe("bad input from a client", () => {
       jsonrpc: "2.0",
       id: 9,
       method: "tools/call",
-      params: { name: "sleep", arguments: { ms: 500 } },
+      params: { name: "mini__sleep", arguments: { ms: 500 } },
     })
     channel.send({ jsonrpc: "2.0", id: 9, method: "ping" })
     expect(await channel.waitFor((m) => m.id === 9 && "error" in m)).toMatchObject({
@@ -117,7 +117,7 @@ describe("bad input from a client", () => {
       jsonrpc: "2.0",
       id: 10,
       method: "tools/call",
-      params: { name: "sleep", arguments: { ms: 400 } },
+      params: { name: "mini__sleep", arguments: { ms: 400 } },
     })
     channel.send({
       jsonrpc: "2.0",
@@ -141,39 +141,53 @@ describe("bad input from a client", () => {
   })
 })
 
+const call = (channel: LineChannel, id: number, name: string, args: Record<string, unknown> = {}) =>
+  channel.request(id, "tools/call", { name, arguments: args })
+
 describe("children that fail", () => {
   it("answers with an error naming the server when its command does not exist", async () => {
     const channel = await session("missing")
-    expect(await channel.request(1, "ping")).toMatchObject({
-      error: { code: -32000, message: expect.stringMatching(/server 'missing' could not start/) },
+    expect(await call(channel, 1, "missing__echo")).toMatchObject({
+      error: {
+        code: -32000,
+        message: expect.stringMatching(/server 'missing' is not running: server 'missing' could not start/),
+      },
     })
     channel.channel.end()
   })
 
   it("answers with an error when the child exits at start", async () => {
     const channel = await session("exits-at-start")
-    expect(await channel.request(1, "ping")).toMatchObject({
-      error: { code: -32000, message: expect.stringMatching(/exited with code 7/) },
+    expect(await call(channel, 1, "exits-at-start__echo")).toMatchObject({
+      error: { code: -32000, message: expect.stringMatching(/exited with code 7; restarting in/) },
     })
     channel.channel.end()
   })
 
-  it("fails the pending call when the child crashes mid-call, and later calls too", async () => {
+  it("fails the pending call when the child crashes mid-call, then restarts it", async () => {
     const channel = await session("crashing")
-    await stillServes(channel, 1)
-    expect(
-      await channel.request(2, "tools/call", { name: "echo", arguments: { message: "boom" } }),
-    ).toMatchObject({
+    await channel.initialize()
+    expect(await call(channel, 2, "crashing__echo", { message: "boom" })).toMatchObject({
       error: { code: -32000, message: expect.stringMatching(/server 'crashing' exited with code 3/) },
     })
-    expect(await channel.request(3, "ping")).toMatchObject({ error: { code: -32000 } })
+    // Its tools vanish while it is down and come back when it is up again.
+    // One list_changed when it goes down, one when it is back.
+    await channel.waitForCount((m) => m.method === "notifications/tools/list_changed", 2)
+    expect(await channel.request(3, "tools/list")).toMatchObject({
+      result: { tools: expect.arrayContaining([expect.objectContaining({ name: "crashing__echo" })]) },
+    })
     channel.channel.end()
   })
 
   it("turns an invalid response into an error for that call", async () => {
     const channel = await session("garbage")
-    expect(await channel.request(1, "ping")).toMatchObject({
-      error: { code: -32603, message: expect.stringMatching(/server 'garbage' sent an invalid response/) },
+    expect(await call(channel, 1, "garbage__echo")).toMatchObject({
+      error: {
+        code: -32000,
+        message: expect.stringMatching(
+          /server 'garbage' is not running: server 'garbage' sent an invalid response/,
+        ),
+      },
     })
     await gateway.waitForLog(/ignored stdout line that is not JSON-RPC: this is not json/)
     channel.channel.end()
@@ -187,10 +201,13 @@ describe("children that fail", () => {
 
   it("keeps serving other sessions while children fail", async () => {
     const [healthy, crashing] = await Promise.all([session("mini"), session("crashing")])
-    crashing.send({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "echo", arguments: {} } })
-    expect(
-      await healthy.request(1, "tools/call", { name: "echo", arguments: { message: "still here" } }),
-    ).toMatchObject({
+    crashing.send({
+      jsonrpc: "2.0",
+      id: 1,
+      method: "tools/call",
+      params: { name: "crashing__echo", arguments: {} },
+    })
+    expect(await call(healthy, 1, "mini__echo", { message: "still here" })).toMatchObject({
       result: { content: [{ text: "still here" }] },
     })
     await crashing.response(1)

@@ -139,15 +139,6 @@ describe("connection limits", () => {
     await gateway.waitForLog(/not authenticated within 1s/)
   })
 
-  it("refuses unauthenticated connections from one address beyond --max-startups-per-source", async () => {
-    const held = await Promise.all([1, 2, 3].map(() => openSocket(gateway.port)))
-    const extra = await openSocket(gateway.port)
-    const elapsed = await closedAfter(extra)
-    expect(elapsed).toBeLessThan(500)
-    await gateway.waitForLog(/refused connection: 3 unauthenticated connections/)
-    for (const socket of held) socket.destroy()
-  })
-
   it("allows --max-sessions session channels per connection", async () => {
     const connection = await connect(gateway)
     const first = await openLineChannel(connection)
@@ -182,5 +173,14 @@ describe("connection limits", () => {
     const channel = await openLineChannel(connection)
     expect(await channel.request(1, "ping")).toMatchObject({ result: {} })
     connection.end()
+  })
+  it("refuses unauthenticated connections from one address beyond --max-startups-per-source", async () => {
+    const held = await Promise.all([1, 2, 3].map(() => openSocket(gateway.port)))
+    const extra = await openSocket(gateway.port)
+    const elapsed = await closedAfter(extra)
+    expect(elapsed).toBeLessThan(500)
+    await gateway.waitForLog(/refused connection: 3 unauthenticated connections/)
+    for (const socket of held) socket.destroy()
+    extra.destroy()
   })
 })

@@ -25,6 +25,20 @@ export const ServerSpec = Schema.Struct({
   disabled: Schema.optional(Schema.Boolean),
   /** Claude Desktop configs may say so explicitly; stdio is the only transport a child can have here. */
   type: Schema.optional(Schema.Literal("stdio")),
+  /** Tool and prompt names become `<prefix>__<name>` (default: the server's name); "" keeps them bare. */
+  prefix: Schema.optional(
+    Schema.String.pipe(
+      Schema.pattern(/^[A-Za-z0-9_-]{0,40}$/, {
+        message: () => "a prefix is at most 40 letters, digits, '_' or '-' (or empty for bare names)",
+      }),
+    ),
+  ),
+  /** Seconds a request to this server may go without an answer or progress. */
+  timeout: Schema.optional(
+    Schema.Number.pipe(
+      Schema.greaterThan(0, { message: () => "timeout is a number of seconds greater than 0" }),
+    ),
+  ),
 })
 export type ServerSpec = typeof ServerSpec.Type
 
@@ -42,6 +56,10 @@ const Port = Schema.Int.pipe(
   Schema.between(0, 65535, { message: () => "must be a port number from 0 to 65535" }),
 )
 const NonEmpty = Schema.NonEmptyTrimmedString
+/** Tokens others could guess are no tokens; the value never appears in an error message. */
+const Secret = Schema.Trim.pipe(
+  Schema.filter((text) => text.length >= 16 || "must be at least 16 characters (use a random string)"),
+)
 
 export const logLevels = [
   "TRACE",
@@ -83,6 +101,49 @@ export const gatewaySettings = {
   runKeyServer: { schema: Schema.Boolean, default: false, doc: "run the HTTP key management API" },
   keyServerHost: { schema: NonEmpty, default: "127.0.0.1", doc: "host of the key management API" },
   keyServerPort: { schema: Port, default: 8000, doc: "port of the key management API" },
+  registration: {
+    schema: Schema.Literal("open", "token", "closed"),
+    default: "token",
+    doc: "who may POST /register: token (an enrollment token), open (anyone; loopback only), closed",
+  },
+  allowOpenRegistrationOnPublicInterface: {
+    schema: Schema.Boolean,
+    default: false,
+    doc: "allow --registration open on a non-loopback key API address (anyone reaching it gets in)",
+  },
+  adminToken: {
+    schema: Secret,
+    default: undefined,
+    secret: true,
+    doc: "bearer token of the key API's admin endpoints (prefer --admin-token-file or the variable)",
+  },
+  adminTokenFile: { schema: NonEmpty, default: undefined, doc: "file holding the admin token" },
+  enrollmentToken: {
+    schema: Secret,
+    default: undefined,
+    secret: true,
+    doc: "a fixed enrollment token for POST /register, with no use limit or expiry",
+  },
+  enrollmentTokenFile: {
+    schema: NonEmpty,
+    default: undefined,
+    doc: "file holding the fixed enrollment token",
+  },
+  tokenStore: {
+    schema: NonEmpty,
+    default: undefined,
+    doc: "file of issued enrollment tokens, hashes only (default: the authorized keys file + .tokens)",
+  },
+  keyServerRateLimit: {
+    schema: Count,
+    default: 30,
+    doc: "key API requests per minute allowed from one address, once its burst is spent",
+  },
+  keyServerRateBurst: {
+    schema: Count,
+    default: 10,
+    doc: "key API requests one address may make at once",
+  },
   loginGraceTime: { schema: Seconds, default: 30, doc: "seconds a connection may take to authenticate" },
   maxAuthTries: { schema: Count, default: 6, doc: "failed authentication attempts before disconnecting" },
   maxStartups: { schema: Count, default: 100, doc: "unauthenticated connections allowed at once" },
@@ -103,6 +164,16 @@ export const gatewaySettings = {
     default: 16 * 1024 * 1024,
     doc: "largest JSON-RPC message in bytes, from clients and from servers",
   },
+  startupWait: {
+    schema: Seconds,
+    default: 5,
+    doc: "seconds a session's initialize waits for its servers to start; slower ones join later",
+  },
+  startupTimeout: {
+    schema: Seconds,
+    default: 15,
+    doc: "seconds a server gets to start and answer initialize (and list its tools when the gateway starts)",
+  },
   childStopTimeout: {
     schema: Seconds,
     default: 2,
@@ -110,7 +181,13 @@ export const gatewaySettings = {
   },
 } as const satisfies Record<
   string,
-  { readonly schema: Schema.Schema.AnyNoContext; readonly default: unknown; readonly doc: string }
+  {
+    readonly schema: Schema.Schema.AnyNoContext
+    readonly default: unknown
+    readonly doc: string
+    /** Never echoed back in an error message. */
+    readonly secret?: boolean
+  }
 >
 
 export type SettingKey = keyof typeof gatewaySettings
@@ -164,7 +241,8 @@ export const decodeSettings = (
     const value = typeof given.value === "string" ? fromText(key, given.value) : given.value
     const decoded = Schema.decodeUnknownEither(spec.schema as Schema.Schema.AnyNoContext)(value)
     if (Either.isLeft(decoded)) {
-      problems.push(`${given.source}: ${describeIssue(decoded.left)} (got ${JSON.stringify(given.value)})`)
+      const got = "secret" in spec && spec.secret ? "value hidden" : `got ${JSON.stringify(given.value)}`
+      problems.push(`${given.source}: ${describeIssue(decoded.left)} (${got})`)
     } else {
       out[key] = decoded.right
     }

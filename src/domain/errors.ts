@@ -36,3 +36,13 @@ export class UpstreamError extends Data.TaggedError("UpstreamError")<{
     return `server '${this.server}' ${this.reason}`
   }
 }
+
+/** The key store (authorized keys, enrollment tokens) could not be read, locked or written. */
+export class StoreError extends Data.TaggedError("StoreError")<{
+  readonly path: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `${this.path}: ${this.reason}`
+  }
+}

@@ -1,16 +1,23 @@
 /** Composition only: the live services that make the gateway, and the logger it writes with. */
 import { Layer, Logger, LogLevel } from "effect"
 import type { GatewaySettings } from "../domain/config.js"
+import { CatalogLive } from "../services/Catalog.js"
+import { EnrollmentTokensLive } from "../services/EnrollmentTokens.js"
 import { GatewayConfig, type GatewayConfigShape } from "../services/GatewayConfig.js"
 import { HostKeyLive } from "../services/HostKey.js"
 import { HubLive } from "../services/Hub.js"
-import { KeyStoreLive } from "../services/KeyStore.js"
+import { KeyApiLive } from "../services/KeyApi.js"
+import { KeyStoreLive, KeyStoreOfflineLive } from "../services/KeyStore.js"
 import { McpSessionLive } from "../services/McpSession.js"
 import { SshServerLive } from "../services/SshServer.js"
 import { UpstreamLive } from "../services/Upstream.js"
 
 /** Everything below the SSH server; tests replace single members (Upstream, KeyStore) with their own. */
-export const SessionLayer = McpSessionLive.pipe(Layer.provide(HubLive), Layer.provide(UpstreamLive))
+export const SessionLayer = McpSessionLive.pipe(
+  Layer.provide(HubLive),
+  Layer.provide(CatalogLive),
+  Layer.provide(UpstreamLive),
+)
 
 export const GatewayLayer = SshServerLive.pipe(
   Layer.provide(SessionLayer),
@@ -36,5 +43,20 @@ export const loggerLayer = (level: GatewaySettings["logLevel"]) =>
     Logger.minimumLogLevel(logLevelOf[level]),
   )
 
+/** The gateway plus the HTTP key API beside it (--run-key-server); it starts once SSH listens. */
+export const GatewayWithKeyApiLayer = KeyApiLive.pipe(
+  Layer.provide(EnrollmentTokensLive),
+  Layer.provideMerge(GatewayLayer),
+)
+
 export const gatewayFromConfig = (config: GatewayConfigShape) =>
-  GatewayLayer.pipe(Layer.provide(Layer.succeed(GatewayConfig, config)))
+  (config.settings.runKeyServer ? GatewayWithKeyApiLayer : GatewayLayer).pipe(
+    Layer.provide(Layer.succeed(GatewayConfig, config)),
+  )
+
+/** What the offline `keys` and `tokens` commands work on: the same files, no server. */
+export const offlineStoreFromConfig = (config: GatewayConfigShape) =>
+  EnrollmentTokensLive.pipe(
+    Layer.provideMerge(KeyStoreOfflineLive),
+    Layer.provide(Layer.succeed(GatewayConfig, config)),
+  )

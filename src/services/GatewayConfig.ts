@@ -2,7 +2,7 @@
  * The gateway's resolved configuration: settings from flags > MCP_SSH_* variables > the JSON file's
  * `gateway` object > defaults, and the child servers of servers_config.json ready to spawn.
  */
-import { readFile } from "node:fs/promises"
+import { access, readFile } from "node:fs/promises"
 import { homedir } from "node:os"
 import { dirname, resolve } from "node:path"
 import { Config, Context, Effect, Either, Layer, Option } from "effect"
@@ -15,10 +15,12 @@ import {
   flagName,
   type GatewaySettings,
   type RawSetting,
+  type ServersConfigFile,
   type SettingKey,
   settingKeys,
 } from "../domain/config.js"
 import { ConfigError } from "../domain/errors.js"
+import { registrationPolicyProblem } from "../domain/keyApi.js"
 
 export interface ChildServer {
   readonly name: string
@@ -27,6 +29,10 @@ export interface ChildServer {
   /** The complete environment of the child: a safe inherited set plus what the config names. */
   readonly env: Readonly<Record<string, string>>
   readonly cwd: string | undefined
+  /** See ServerSpec.prefix: undefined means the server's name. */
+  readonly prefix: string | undefined
+  /** Seconds a request may go without an answer or progress. */
+  readonly requestTimeout: number
 }
 
 export interface GatewayConfigShape {
@@ -48,6 +54,7 @@ export const expandHome = (path: string): string =>
   path === "~" ? homedir() : path.startsWith("~/") ? resolve(homedir(), path.slice(2)) : path
 
 const serversConfigVariable = "MCP_SSH_SERVERS_CONFIG"
+const defaultRequestTimeout = 60
 
 /** Read MCP_SSH_* through the ambient ConfigProvider, so tests can swap the environment. */
 const readEnvironmentSettings = Effect.gen(function* () {
@@ -78,31 +85,31 @@ const readJson = (path: string) =>
     ),
   )
 
-export const loadGatewayConfig = (
-  flags: FlagValues,
-  environment: Readonly<Record<string, string | undefined>>,
-) =>
+/** The servers config's path (flag > variable > default) and whether it was named explicitly. */
+const serversConfigPath = (flags: FlagValues) =>
   Effect.gen(function* () {
     const fromEnvPath = yield* Config.option(Config.string(serversConfigVariable)).pipe(Effect.orDie)
-    const configPath = resolve(
-      expandHome(
-        typeof flags.serversConfig === "string"
-          ? flags.serversConfig
-          : Option.getOrElse(fromEnvPath, () => "servers_config.json"),
-      ),
-    )
-    const file = yield* readJson(configPath).pipe(
-      Effect.flatMap((json) =>
-        Either.match(decodeServersConfig(json), {
-          onLeft: (problems) =>
-            Effect.fail(new ConfigError({ message: `${configPath}:\n${indent(problems)}` })),
-          onRight: Effect.succeed,
-        }),
-      ),
-    )
+    const named =
+      typeof flags.serversConfig === "string" ? flags.serversConfig : Option.getOrUndefined(fromEnvPath)
+    return { configPath: resolve(expandHome(named ?? "servers_config.json")), named: named !== undefined }
+  })
 
+const readServersConfig = (configPath: string) =>
+  readJson(configPath).pipe(
+    Effect.flatMap((json) =>
+      Either.match(decodeServersConfig(json), {
+        onLeft: (problems) =>
+          Effect.fail(new ConfigError({ message: `${configPath}:\n${indent(problems)}` })),
+        onRight: Effect.succeed,
+      }),
+    ),
+  )
+
+/** Settings from flags > MCP_SSH_* > the file's `gateway` object > defaults. */
+const resolveSettings = (flags: FlagValues, configPath: string, file: ServersConfigFile | undefined) =>
+  Effect.gen(function* () {
     const raw: Partial<Record<SettingKey, RawSetting>> = {}
-    for (const [key, value] of Object.entries(file.gateway ?? {})) {
+    for (const [key, value] of Object.entries(file?.gateway ?? {})) {
       raw[key as SettingKey] = { value, source: `${configPath}: gateway.${key}` }
     }
     Object.assign(raw, yield* readEnvironmentSettings)
@@ -110,11 +117,23 @@ export const loadGatewayConfig = (
       const value = flags[key]
       if (value !== undefined) raw[key] = { value, source: `--${flagName(key)}` }
     }
-    const settings = yield* Either.match(decodeSettings(raw), {
+    return yield* Either.match(decodeSettings(raw), {
       onLeft: (problems) =>
         Effect.fail(new ConfigError({ message: `invalid settings:\n${indent(problems)}` })),
       onRight: Effect.succeed,
     })
+  })
+
+export const loadGatewayConfig = (
+  flags: FlagValues,
+  environment: Readonly<Record<string, string | undefined>>,
+) =>
+  Effect.gen(function* () {
+    const { configPath } = yield* serversConfigPath(flags)
+    const file = yield* readServersConfig(configPath)
+    const settings = yield* resolveSettings(flags, configPath, file)
+    const policyProblem = registrationPolicyProblem(settings)
+    if (policyProblem !== undefined) return yield* new ConfigError({ message: policyProblem })
 
     const servers: Array<ChildServer> = []
     const problems: Array<string> = []
@@ -135,6 +154,8 @@ export const loadGatewayConfig = (
         args: spec.args ?? [],
         env: childEnvironment(environment, env),
         cwd: spec.cwd === undefined ? undefined : resolve(dirname(configPath), expandHome(spec.cwd)),
+        prefix: spec.prefix,
+        requestTimeout: spec.timeout ?? defaultRequestTimeout,
       })
     }
     if (problems.length > 0) {
@@ -148,6 +169,24 @@ export const loadGatewayConfig = (
       )
     }
     return { configPath, settings, servers } satisfies GatewayConfigShape
+  })
+
+/**
+ * The settings alone, for the offline key and token commands: the servers config is read when it was
+ * named or exists (for its `gateway` settings), and its servers are neither needed nor checked.
+ */
+export const loadStoreConfig = (flags: FlagValues) =>
+  Effect.gen(function* () {
+    const { configPath, named } = yield* serversConfigPath(flags)
+    const exists = yield* Effect.promise(() =>
+      access(configPath).then(
+        () => true,
+        () => false,
+      ),
+    )
+    const file = named || exists ? yield* readServersConfig(configPath) : undefined
+    const settings = yield* resolveSettings(flags, configPath, file)
+    return { configPath, settings, servers: [] } satisfies GatewayConfigShape
   })
 
 const indent = (text: string): string =>

@@ -110,6 +110,19 @@ export class LineChannel {
     })
   }
 
+  /** Resolves once `count` messages match (for notifications that repeat). */
+  async waitForCount(
+    match: (message: Record<string, unknown>) => boolean,
+    count: number,
+    timeoutMs = 10_000,
+  ) {
+    const until = Date.now() + timeoutMs
+    while (this.messages.filter(match).length < count) {
+      if (Date.now() > until) throw new Error(`fewer than ${count} matching messages within ${timeoutMs} ms`)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
+
   response(id: unknown, timeoutMs?: number) {
     return this.waitFor(
       (message) => message.id === id && ("result" in message || "error" in message),
