@@ -240,6 +240,10 @@ describe("the merged server", () => {
       { onprogress: (update) => progress.push(update.progress) },
     )
     expect(result.isError).not.toBe(true)
+    // The SDK runs progress callbacks asynchronously: the last may land just after the result.
+    for (let waited = 0; progress.length < 3 && waited < 1000; waited += 20) {
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
     expect(progress).toEqual([1, 2, 3])
   })
 

@@ -113,12 +113,16 @@ describe("bad input from a client", () => {
 
   it("answers a cancelled request with nothing and keeps serving", async () => {
     const channel = await session("mini")
+    await channel.initialize()
+    await channel.request(9, "tools/list")
     channel.send({
       jsonrpc: "2.0",
       id: 10,
       method: "tools/call",
       params: { name: "mini__sleep", arguments: { ms: 400 } },
     })
+    // Cancel once the call has reached the child (a call cancelled before that just never goes out).
+    await new Promise((resolve) => setTimeout(resolve, 100))
     channel.send({
       jsonrpc: "2.0",
       method: "notifications/cancelled",

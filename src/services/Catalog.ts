@@ -3,7 +3,7 @@
  * and listing its tools and prompts. It lets the gateway refuse a configuration whose merged names
  * collide before any client sees it, and declare a slow server's capabilities before it is up.
  */
-import { Context, Duration, Effect, Layer, Option, Queue } from "effect"
+import { Context, Duration, Effect, Layer, Option } from "effect"
 import { ConfigError } from "../domain/errors.js"
 import {
   ErrorCode,
@@ -73,22 +73,19 @@ const probe = (
       maxLineBytes: options.maxLineBytes,
       stopTimeout: Duration.seconds(1),
       requestTimeout: options.timeout,
-    })
-    // Nobody is there to answer a request the server makes during the probe.
-    yield* Queue.take(connection.incoming).pipe(
-      Effect.flatMap((message) =>
+      // Nobody is there to answer a request the server makes during the probe.
+      onMessage: (connection, message) =>
         isRequest(message)
-          ? connection.send(
-              errorResponse(message.id, {
-                code: ErrorCode.MethodNotFound,
-                message: "not available while probing",
-              }),
-            )
+          ? connection
+              .send(
+                errorResponse(message.id, {
+                  code: ErrorCode.MethodNotFound,
+                  message: "not available while probing",
+                }),
+              )
+              .pipe(Effect.ignore)
           : Effect.void,
-      ),
-      Effect.forever,
-      Effect.forkScoped,
-    )
+    })
     const response = yield* connection.request({
       jsonrpc: "2.0",
       id: "probe",

@@ -3,7 +3,7 @@
  * client's capabilities, relays what it sends, and when it stops restarts it with capped exponential
  * backoff. Closing the session's scope stops it for good.
  */
-import { Deferred, Duration, Effect, Exit, Queue, type Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { UpstreamError } from "../domain/errors.js"
 import { ErrorCode, type JsonObject } from "../domain/jsonRpc.js"
 import { isObject } from "../domain/mcp.js"
@@ -52,7 +52,7 @@ export interface SupervisorHooks {
   ) => Effect.Effect<void>
 }
 
-export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout"> {
+export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout" | "onMessage"> {
   readonly startupTimeout: Duration.Duration
   readonly backoffBase?: Duration.Duration
   readonly backoffCap?: Duration.Duration
@@ -97,6 +97,7 @@ export const superviseChild = (
         maxLineBytes: options.maxLineBytes,
         stopTimeout: options.stopTimeout,
         requestTimeout: Duration.seconds(server.requestTimeout),
+        onMessage: (connection, message) => hooks.onMessage(child, connection, message),
       })
       const handshake = yield* hooks.handshake
       const response = yield* connection
@@ -126,11 +127,6 @@ export const superviseChild = (
           .request({ jsonrpc: "2.0", id: "set-level", method: "logging/setLevel", params: { level } })
           .pipe(Effect.ignore)
       }
-      yield* Queue.take(connection.incoming).pipe(
-        Effect.flatMap((message) => hooks.onMessage(child, connection, message)),
-        Effect.forever,
-        Effect.forkScoped,
-      )
       const readyAt = Date.now()
       yield* setState({
         _tag: "Ready",

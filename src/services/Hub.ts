@@ -8,7 +8,8 @@
  * Children are per session (the original tool's model): started when the session opens, supervised
  * and restarted while it lasts, stopped with it.
  */
-import { Context, Data, Deferred, Duration, Effect, Layer, Option, Queue, type Scope } from "effect"
+import { randomUUID } from "node:crypto"
+import { Context, Data, Deferred, Duration, Effect, Fiber, Layer, Option, Queue, type Scope } from "effect"
 import { decodeCursor, encodeCursor } from "../domain/cursor.js"
 import type { UpstreamError } from "../domain/errors.js"
 import {
@@ -25,6 +26,7 @@ import {
 import {
   isMergedListMethod,
   isObject,
+  latestHandshakeVersion,
   listChangedMethod,
   type MergedListMethod,
   mergeCapabilities,
@@ -32,6 +34,22 @@ import {
   mergeInstructions,
   negotiateVersion,
 } from "../domain/mcp.js"
+import {
+  discoverResult,
+  filterWants,
+  honouredFilter,
+  interactiveMethods,
+  type ListenFilter,
+  legacyOnlyMethods,
+  metaKey,
+  modernVersion,
+  modernVersions,
+  readEnvelope,
+  readListenFilter,
+  toModernResponse,
+  unsupportedVersion,
+  withoutEnvelope,
+} from "../domain/modern.js"
 import { exposedName } from "../domain/naming.js"
 import { templateMatcher } from "../domain/uriTemplate.js"
 import { version } from "../version.js"
@@ -59,8 +77,8 @@ export interface HubSession {
   readonly notify: (notification: JsonRpcNotification) => Effect.Effect<void>
   /** The client's answer to a request a server made. */
   readonly respond: (response: JsonRpcResponse) => Effect.Effect<void>
-  /** Requests and notifications from the servers to the client. */
-  readonly outgoing: Queue.Dequeue<JsonRpcMessage>
+  /** The client will send nothing more: long-lived requests (subscriptions/listen) end now. */
+  readonly endOfInput: Effect.Effect<void>
 }
 
 /** The session asked for servers that cannot be served; `message` says why, for the client's stderr. */
@@ -69,10 +87,14 @@ export class SelectionError extends Data.TaggedError("SelectionError")<{ readonl
 export class Hub extends Context.Tag("mcp-ssh/Hub")<
   Hub,
   {
-    /** Open a session over the named servers (empty: all of them). Closing the scope ends it. */
+    /**
+     * Open a session over the named servers (empty: all of them); what the servers send the client
+     * goes to `toClient`, in order. Closing the scope ends it.
+     */
     readonly open: (
       selection: ReadonlyArray<string>,
       client: ClientIdentity,
+      toClient: (message: JsonRpcMessage) => Effect.Effect<void>,
     ) => Effect.Effect<HubSession, SelectionError, Scope.Scope>
   }
 >() {}
@@ -96,6 +118,21 @@ interface Target {
   readonly name: string
 }
 
+/** What happens next to a call of a modern client: its child asks the client something, or answers. */
+type CallEvent =
+  | { readonly _tag: "Input"; readonly request: JsonRpcRequest }
+  | { readonly _tag: "Done"; readonly response: JsonRpcResponse }
+
+/** A call of a modern client to a 2025-era child, which may pause on input_required and resume. */
+interface InteractiveCall {
+  readonly connection: UpstreamConnection
+  readonly events: Queue.Queue<CallEvent>
+  readonly fiber: Fiber.RuntimeFiber<void>
+}
+
+/** Requests a child sends together (in the same burst) are asked of the client in one round. */
+const inputGatherMillis = 5
+
 const ok = (id: JsonRpcId, result: JsonObject): JsonRpcResponse => ({ jsonrpc: "2.0", id, result })
 
 const invalidParams = (id: JsonRpcId, message: string): Routed => ({
@@ -104,6 +141,10 @@ const invalidParams = (id: JsonRpcId, message: string): Routed => ({
 
 /** MCP's code for a resource URI that no server has. */
 const resourceNotFound = -32002
+
+/** `params` only when there are some (exactOptionalPropertyTypes forbids an explicit undefined). */
+const optionalParams = (params: JsonObject | undefined): { params?: JsonObject } =>
+  params === undefined ? {} : { params }
 
 const fromUpstreamError = (id: JsonRpcId, error: UpstreamError): JsonRpcResponse =>
   errorResponse(id, { code: error.code, message: error.message })
@@ -126,7 +167,11 @@ export const HubLive = Layer.effect(
       startupTimeout: Duration.seconds(settings.startupTimeout),
     }
 
-    const open = (selection: ReadonlyArray<string>, client: ClientIdentity) =>
+    const open = (
+      selection: ReadonlyArray<string>,
+      client: ClientIdentity,
+      toClient: (message: JsonRpcMessage) => Effect.Effect<void>,
+    ) =>
       Effect.gen(function* () {
         const names = config.servers.map((server) => server.name)
         const unknown = selection.filter((name) => !names.includes(name))
@@ -137,12 +182,15 @@ export const HubLive = Layer.effect(
         }
         const servers =
           selection.length === 0 ? config.servers : config.servers.filter((s) => selection.includes(s.name))
-        return yield* openSession(servers, client)
+        return yield* openSession(servers, client, toClient)
       })
 
-    const openSession = (servers: ReadonlyArray<ChildServer>, client: ClientIdentity) =>
+    const openSession = (
+      servers: ReadonlyArray<ChildServer>,
+      client: ClientIdentity,
+      toClient: (message: JsonRpcMessage) => Effect.Effect<void>,
+    ) =>
       Effect.gen(function* () {
-        const outgoing = yield* Queue.bounded<JsonRpcMessage>(1024)
         const handshake = yield* Deferred.make<ClientHandshake>()
         let initialized = false
         /** Set once the client has the merged picture; later changes are announced with list_changed. */
@@ -165,10 +213,82 @@ export const HubLive = Layer.effect(
         const clientProgress = new Map<string, UpstreamConnection>()
         let nextServerRequestId = 1
 
-        const toClient = (message: JsonRpcMessage) => Queue.offer(outgoing, message).pipe(Effect.asVoid)
+        /** Which protocol the client speaks, decided by its first request, as MCP servers on stdio do. */
+        let era: "undecided" | "legacy" | "modern" = "undecided"
+        /** A modern client that only asked server/discover may still turn out to be a legacy one. */
+        let modernServed = false
+        const serverInfo = { name: "mcp-ssh", title: "mcp-ssh gateway", version }
+        const inputEnded = yield* Deferred.make<void>()
+        /** Open subscriptions/listen requests of a modern client, by request id. */
+        const listens = new Map<string, { readonly id: JsonRpcId; readonly filter: ListenFilter }>()
+        /** Calls of a modern client waiting on a child, which a child's request of the client belongs to. */
+        const awaitingChild = new Map<UpstreamConnection, Array<InteractiveCall>>()
+        /** Calls paused on input_required, by the requestState the client must send back. */
+        const parked = new Map<
+          string,
+          {
+            readonly call: InteractiveCall
+            readonly asks: ReadonlyArray<{ readonly key: string; readonly childRequestId: JsonRpcId }>
+          }
+        >()
+
+        /**
+         * A change a client should hear of: a legacy client hears list changes always and resource updates
+         * of what it subscribed; a modern client only what one of its subscriptions/listen asked for.
+         */
+        const emitChange = (method: string, params: JsonObject | undefined) =>
+          Effect.suspend(() => {
+            if (era !== "modern") {
+              if (method === "notifications/resources/updated") {
+                return typeof params?.uri === "string" && subscriptions.has(params.uri)
+                  ? toClient({ jsonrpc: "2.0", method, params })
+                  : Effect.void
+              }
+              return toClient({ jsonrpc: "2.0", method, ...(params === undefined ? {} : { params }) })
+            }
+            return Effect.forEach(
+              [...listens.values()].filter((listen) => filterWants(listen.filter, method, params)),
+              (listen) =>
+                toClient({
+                  jsonrpc: "2.0",
+                  method,
+                  params: {
+                    ...params,
+                    _meta: {
+                      ...(isObject(params?._meta) ? params._meta : {}),
+                      [metaKey.subscriptionId]: listen.id,
+                    },
+                  },
+                }),
+              { discard: true },
+            )
+          })
 
         const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
           effect.pipe(Effect.annotateLogs({ client: client.fingerprint }))
+
+        /**
+         * A 2025-era child asks the client something (sampling, elicitation, roots). A modern client
+         * cannot be asked directly: the question goes back as input_required on the call it belongs to.
+         * On stdio nothing links the two, so it belongs to the oldest call waiting on that child.
+         */
+        const askThroughCall = (connection: UpstreamConnection, request: JsonRpcRequest) =>
+          Effect.suspend(() => {
+            const waiting = awaitingChild.get(connection) ?? []
+            // It stays registered until its round is gathered: a burst of requests joins it.
+            const call = waiting[0]
+            if (call === undefined) {
+              return connection
+                .send(
+                  errorResponse(request.id, {
+                    code: ErrorCode.MethodNotFound,
+                    message: `${request.method}: the client (MCP ${modernVersion}) can only be asked during a call`,
+                  }),
+                )
+                .pipe(Effect.ignore)
+            }
+            return Queue.offer(call.events, { _tag: "Input", request }).pipe(Effect.asVoid)
+          })
 
         const onStateChange = (child: SupervisedChild, previous: ChildState, next: ChildState) => {
           const wasReady = previous._tag === "Ready"
@@ -185,7 +305,7 @@ export const HubLive = Layer.effect(
                 Object.entries(listChangedMethod).filter(
                   ([capability]) => capabilities[capability] !== undefined,
                 ),
-                ([, method]) => toClient({ jsonrpc: "2.0", method }),
+                ([, method]) => emitChange(method, undefined),
                 { discard: true },
               )
             : Effect.void
@@ -202,6 +322,7 @@ export const HubLive = Layer.effect(
               if (message.method === "ping") {
                 return connection.send({ jsonrpc: "2.0", id: message.id, result: {} }).pipe(Effect.ignore)
               }
+              if (era === "modern") return askThroughCall(connection, message)
               const id = nextServerRequestId++
               serverRequests.set(id, { connection, id: message.id })
               const meta = message.params?._meta
@@ -217,12 +338,15 @@ export const HubLive = Layer.effect(
                   typeof params.logger === "string"
                     ? `${child.server.name}/${params.logger}`
                     : child.server.name
+                // A modern client gets log messages only when its requests ask for a level.
+                if (era === "modern" && logLevel === undefined) return Effect.void
                 return toClient({ ...message, params: { ...params, logger } })
               }
               case "notifications/resources/updated":
-                return typeof params.uri === "string" && subscriptions.has(params.uri)
-                  ? toClient(message)
-                  : Effect.void
+              case "notifications/tools/list_changed":
+              case "notifications/prompts/list_changed":
+              case "notifications/resources/list_changed":
+                return emitChange(message.method, message.params)
               case "notifications/cancelled": {
                 // The child gave up on a request it made of the client: tell the client by its id.
                 const entry = [...serverRequests.entries()].find(
@@ -264,10 +388,128 @@ export const HubLive = Layer.effect(
           })
         }
 
+        const sessionScope = yield* Effect.scope
+
+        /** Wait for the call's next event: a question for the client (pause it), or the answer. */
+        const nextStep = (call: InteractiveCall, clientId: JsonRpcId): Effect.Effect<JsonRpcResponse> =>
+          Effect.gen(function* () {
+            const waiting = awaitingChild.get(call.connection) ?? []
+            waiting.push(call)
+            awaitingChild.set(call.connection, waiting)
+            const unregister = Effect.sync(() => {
+              const index = waiting.indexOf(call)
+              if (index !== -1) waiting.splice(index, 1)
+            })
+            const event = yield* Queue.take(call.events).pipe(
+              Effect.onInterrupt(() => Fiber.interrupt(call.fiber).pipe(Effect.zipRight(unregister))),
+            )
+            if (event._tag === "Done") {
+              yield* unregister
+              return { ...event.response, id: clientId }
+            }
+            // A child may ask several things at once (elicit and list roots): they make one round.
+            yield* Effect.sleep(Duration.millis(inputGatherMillis)).pipe(Effect.ensuring(unregister))
+            const more = yield* Queue.takeAll(call.events)
+            const inputs = [event.request]
+            for (const next of more) {
+              if (next._tag === "Input") inputs.push(next.request)
+              else yield* Queue.offer(call.events, next)
+            }
+            const asks = inputs.map((request, index) => ({ key: `input-${index + 1}`, request }))
+            const requestState = randomUUID()
+            parked.set(requestState, {
+              call,
+              asks: asks.map(({ key, request }) => ({ key, childRequestId: request.id })),
+            })
+            return ok(clientId, {
+              resultType: "input_required",
+              inputRequests: Object.fromEntries(
+                asks.map(({ key, request }) => {
+                  const { _meta: _childMeta, ...childParams } = request.params ?? {}
+                  return [key, { method: request.method, params: childParams }]
+                }),
+              ),
+              requestState,
+            })
+          })
+
+        /** tools/call, prompts/get or resources/read of a modern client, which may take several rounds. */
+        const forwardInteractive = (ready: ReadyChild, request: JsonRpcRequest) =>
+          Effect.gen(function* () {
+            const requestState = stringParam(request.params, "requestState")
+            if (requestState !== undefined || request.params?.inputResponses !== undefined) {
+              const entry = requestState === undefined ? undefined : parked.get(requestState)
+              if (entry === undefined || requestState === undefined) {
+                return errorResponse(request.id, {
+                  code: ErrorCode.InvalidParams,
+                  message: "Invalid params: unknown or expired requestState",
+                })
+              }
+              parked.delete(requestState)
+              const responses = isObject(request.params?.inputResponses) ? request.params.inputResponses : {}
+              yield* Effect.forEach(
+                entry.asks,
+                ({ key, childRequestId }) => {
+                  const answer = responses[key]
+                  return entry.call.connection
+                    .send(
+                      answer === undefined
+                        ? errorResponse(childRequestId, {
+                            code: ErrorCode.InternalError,
+                            message: "the client gave no answer",
+                          })
+                        : { jsonrpc: "2.0", id: childRequestId, result: answer },
+                    )
+                    .pipe(Effect.ignore)
+                },
+                { discard: true },
+              )
+              return yield* nextStep(entry.call, request.id)
+            }
+            const events = yield* Queue.unbounded<CallEvent>()
+            const fiber = yield* ready.connection.request(request).pipe(
+              Effect.catchTag("UpstreamError", (error) =>
+                Effect.succeed(fromUpstreamError(request.id, error)),
+              ),
+              Effect.flatMap((response) => Queue.offer(events, { _tag: "Done", response })),
+              Effect.asVoid,
+              Effect.forkIn(sessionScope),
+            )
+            return yield* nextStep({ connection: ready.connection, events, fiber }, request.id)
+          })
+
+        /** The child's connection; a child still starting gets up to --startup-wait to come up. */
+        const whenReady = (server: string): Effect.Effect<ReadyChild | undefined> =>
+          Effect.suspend(() => {
+            const child = byName.get(server)
+            if (child === undefined || child.state()._tag !== "Starting")
+              return Effect.succeed(readyOf(child))
+            return child.settled.pipe(
+              Effect.timeout(Duration.seconds(settings.startupWait)),
+              Effect.ignore,
+              Effect.map(() => readyOf(child)),
+            )
+          })
+
+        /** Before deciding a name or URI is unknown, give children still starting their chance. */
+        const startingChildrenSettle = Effect.forEach(
+          children.filter((child) => child.state()._tag === "Starting"),
+          (child) => whenReady(child.server.name),
+          { concurrency: "unbounded", discard: true },
+        )
+
         /** Send a request to one child and give back its answer, with the client's id. */
-        const forward = (server: string, request: JsonRpcRequest): Effect.Effect<JsonRpcResponse> => {
-          const ready = readyOf(byName.get(server))
+        const forward = (server: string, request: JsonRpcRequest): Effect.Effect<JsonRpcResponse> =>
+          Effect.flatMap(whenReady(server), (ready) => forwardTo(server, ready, request))
+
+        const forwardTo = (
+          server: string,
+          ready: ReadyChild | undefined,
+          request: JsonRpcRequest,
+        ): Effect.Effect<JsonRpcResponse> => {
           if (ready === undefined) return Effect.succeed(notRunning(request.id, server))
+          if (era === "modern" && interactiveMethods.includes(request.method))
+            return forwardInteractive(ready, request)
           return ready.connection
             .request(request)
             .pipe(
@@ -452,6 +694,7 @@ export const HubLive = Layer.effect(
           Effect.gen(function* () {
             const known = names[kind].get(exposed)
             if (known !== undefined) return Option.some(known)
+            yield* startingChildrenSettle
             yield* refresh(kind === "tool" ? "tools/list" : "prompts/list")
             return Option.fromNullable(names[kind].get(exposed))
           })
@@ -471,6 +714,7 @@ export const HubLive = Layer.effect(
           Effect.gen(function* () {
             const known = ownerOfUri(uri)
             if (known !== undefined) return Option.some(known)
+            yield* startingChildrenSettle
             yield* refresh("resources/list")
             yield* refresh("resources/templates/list")
             const found = ownerOfUri(uri)
@@ -535,6 +779,37 @@ export const HubLive = Layer.effect(
             } satisfies Routed
           })
 
+        /** The children's handshake is the client's: its capabilities decide what they offer. */
+        const startChildren = (handshakeParams: ClientHandshake) =>
+          Deferred.succeed(handshake, handshakeParams).pipe(
+            // Fast children make it into the first answer; slower ones join later with list_changed.
+            Effect.zipRight(
+              Effect.forEach(children, (child) => child.settled, {
+                concurrency: "unbounded",
+                discard: true,
+              }).pipe(Effect.timeout(Duration.seconds(settings.startupWait)), Effect.ignore),
+            ),
+          )
+
+        const unknownClient = { name: "unknown", version: "0" }
+
+        /** The merged server as it stands: up children as they are, the others as the probe saw them. */
+        const mergedView = () => {
+          const known = children.map((child) => {
+            const ready = readyOf(child)
+            const profile = Option.getOrUndefined(catalog.profile(child.server.name))
+            return {
+              server: child.server.name,
+              capabilities: ready?.capabilities ?? profile?.capabilities ?? {},
+              instructions: ready?.instructions ?? profile?.instructions,
+            }
+          })
+          return {
+            capabilities: mergeCapabilities(known.map((entry) => entry.capabilities)),
+            instructions: mergeInstructions(known),
+          }
+        }
+
         const initialize = (request: JsonRpcRequest) =>
           Effect.gen(function* () {
             if (initialized) {
@@ -548,57 +823,151 @@ export const HubLive = Layer.effect(
             initialized = true
             const params = request.params ?? {}
             const protocolVersion = negotiateVersion(params.protocolVersion)
-            yield* Deferred.succeed(handshake, {
+            yield* startChildren({
               protocolVersion,
               capabilities: isObject(params.capabilities) ? params.capabilities : {},
-              clientInfo: isObject(params.clientInfo) ? params.clientInfo : { name: "unknown", version: "0" },
+              clientInfo: isObject(params.clientInfo) ? params.clientInfo : unknownClient,
             })
-            // Fast children make it into the answer; slower ones join later with list_changed.
-            yield* Effect.forEach(children, (child) => child.settled, {
-              concurrency: "unbounded",
-              discard: true,
-            }).pipe(Effect.timeout(Duration.seconds(settings.startupWait)), Effect.ignore)
-            const known = children.map((child) => {
-              const ready = readyOf(child)
-              const profile = Option.getOrUndefined(catalog.profile(child.server.name))
-              return {
-                server: child.server.name,
-                capabilities: ready?.capabilities ?? profile?.capabilities ?? {},
-                instructions: ready?.instructions ?? profile?.instructions,
-              }
-            })
-            const instructions = mergeInstructions(known)
+            const view = mergedView()
             announced = true
             return {
               response: ok(request.id, {
                 protocolVersion,
-                capabilities: mergeCapabilities(known.map((entry) => entry.capabilities)),
-                serverInfo: { name: "mcp-ssh", title: "mcp-ssh gateway", version },
-                ...(instructions === undefined ? {} : { instructions }),
+                capabilities: view.capabilities,
+                serverInfo,
+                ...(view.instructions === undefined ? {} : { instructions: view.instructions }),
               }),
             } satisfies Routed
           })
 
-        /** Requests other than initialize make children start with what the client did not say. */
-        const ensureHandshake = Deferred.succeed(handshake, {
-          protocolVersion: negotiateVersion(undefined),
-          capabilities: {},
-          clientInfo: { name: "unknown", version: "0" },
-        }).pipe(
-          Effect.zipRight(
-            Effect.forEach(children, (child) => child.settled, {
-              concurrency: "unbounded",
-              discard: true,
-            }).pipe(Effect.timeout(Duration.seconds(settings.startupWait)), Effect.ignore),
-          ),
-          Effect.asVoid,
-        )
+        /** A long-lived request of a modern client: change notifications flow on it until it ends. */
+        const listen = (request: JsonRpcRequest) =>
+          Effect.gen(function* () {
+            const filter = readListenFilter(request.params)
+            if (filter === undefined) {
+              return invalidParams(request.id, "Invalid params: notifications must say which changes to send")
+            }
+            const honoured = honouredFilter(filter, mergedView().capabilities)
+            const key = JSON.stringify(request.id)
+            listens.set(key, { id: request.id, filter: honoured })
+            yield* Effect.forEach(
+              honoured.resourceSubscriptions,
+              (uri) =>
+                lookupUri(uri).pipe(
+                  Effect.flatMap((owner) =>
+                    Option.isNone(owner)
+                      ? Effect.void
+                      : forward(owner.value, {
+                          jsonrpc: "2.0",
+                          id: "subscribe",
+                          method: "resources/subscribe",
+                          params: { uri },
+                        }),
+                  ),
+                ),
+              { discard: true },
+            )
+            yield* toClient({
+              jsonrpc: "2.0",
+              method: "notifications/subscriptions/acknowledged",
+              params: { notifications: honoured, _meta: { [metaKey.subscriptionId]: request.id } },
+            })
+            yield* Deferred.await(inputEnded).pipe(Effect.ensuring(Effect.sync(() => listens.delete(key))))
+            return {
+              response: ok(request.id, { _meta: { [metaKey.subscriptionId]: request.id } }),
+            } satisfies Routed
+          })
 
+        /** A request of a client that speaks 2026-07-28: checked envelope, then the same routing. */
+        const routeModern = (request: JsonRpcRequest, envelope: ReturnType<typeof readEnvelope>) =>
+          Effect.gen(function* () {
+            if (request.method === "initialize") {
+              const requested = String(request.params?.protocolVersion ?? "")
+              return { response: errorResponse(request.id, unsupportedVersion(requested)) } satisfies Routed
+            }
+            if (envelope === "none") {
+              return invalidParams(
+                request.id,
+                `Invalid params: the request has no _meta envelope of protocol revision ${modernVersion}`,
+              )
+            }
+            if ("problem" in envelope) return invalidParams(request.id, `Invalid params: ${envelope.problem}`)
+            if (!modernVersions.includes(envelope.protocolVersion)) {
+              return {
+                response: errorResponse(request.id, unsupportedVersion(envelope.protocolVersion)),
+              } satisfies Routed
+            }
+            yield* startChildren({
+              protocolVersion: latestHandshakeVersion,
+              capabilities: envelope.clientCapabilities,
+              clientInfo: envelope.clientInfo ?? unknownClient,
+            })
+            if (envelope.logLevel !== undefined && envelope.logLevel !== logLevel) {
+              logLevel = envelope.logLevel
+              yield* Effect.forEach(
+                children.filter((child) => hasCapability(child, "logging")),
+                (child) =>
+                  forward(child.server.name, {
+                    jsonrpc: "2.0",
+                    id: "set-level",
+                    method: "logging/setLevel",
+                    params: { level: envelope.logLevel },
+                  }),
+                { concurrency: "unbounded", discard: true },
+              )
+            }
+            if (request.method !== "server/discover") {
+              modernServed = true
+              announced = true
+            }
+            if (request.method === "server/discover") {
+              const view = mergedView()
+              return {
+                response: ok(request.id, discoverResult(view.capabilities, view.instructions, serverInfo)),
+              }
+            }
+            if (legacyOnlyMethods.includes(request.method)) {
+              return {
+                response: errorResponse(request.id, {
+                  code: ErrorCode.MethodNotFound,
+                  message: `Method not found: ${request.method} does not exist in protocol revision ${modernVersion}`,
+                }),
+              } satisfies Routed
+            }
+            if (request.method === "subscriptions/listen") return yield* listen(request)
+            return yield* routeLegacy({ ...request, ...optionalParams(withoutEnvelope(request.params)) })
+          }).pipe(
+            Effect.map((routed) => ({
+              ...routed,
+              response: toModernResponse(request.method, routed.response, serverInfo),
+            })),
+          )
+
+        /** The era is the first request's; a modern client that only asked server/discover may still initialize. */
         const route = (request: JsonRpcRequest): Effect.Effect<Routed> =>
+          Effect.suspend(() => {
+            const envelope = readEnvelope(request.params)
+            if (
+              era === "undecided" ||
+              (era === "modern" && !modernServed && request.method === "initialize")
+            ) {
+              era = request.method === "initialize" || envelope === "none" ? "legacy" : "modern"
+            }
+            return era === "modern" ? routeModern(request, envelope) : routeLegacy(request)
+          })
+
+        const routeLegacy = (request: JsonRpcRequest): Effect.Effect<Routed> =>
           Effect.gen(function* () {
             const method = request.method
             if (method === "initialize") return yield* initialize(request)
-            if (!initialized && !(yield* Deferred.isDone(handshake))) yield* ensureHandshake
+            // A client that skips initialize gets children that know nothing of it.
+            if (!(yield* Deferred.isDone(handshake))) {
+              yield* startChildren({
+                protocolVersion: latestHandshakeVersion,
+                capabilities: {},
+                clientInfo: unknownClient,
+              })
+            }
             if (method === "ping") return { response: ok(request.id, {}) }
             if (isMergedListMethod(method)) return yield* mergedPage(request, method)
             const params = request.params
@@ -738,7 +1107,8 @@ export const HubLive = Layer.effect(
             return entry.connection.send({ ...response, id: entry.id }).pipe(Effect.ignore)
           })
 
-        return { request, notify, respond, outgoing } satisfies HubSession
+        const endOfInput = Deferred.succeed(inputEnded, undefined).pipe(Effect.asVoid)
+        return { request, notify, respond, endOfInput } satisfies HubSession
       })
 
     return { open }

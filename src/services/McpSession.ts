@@ -41,6 +41,9 @@ export class McpSession extends Context.Tag("mcp-ssh/McpSession")<
 
 const requestKey = (id: unknown): string => JSON.stringify(id)
 
+/** Messages waiting for a slow client before the servers are made to wait. */
+const outboundQueueSize = 256
+
 export const McpSessionLive = Layer.effect(
   McpSession,
   Effect.gen(function* () {
@@ -50,7 +53,17 @@ export const McpSessionLive = Layer.effect(
 
     const serve = (channel: SessionChannel, selection: ReadonlyArray<string>, client: ClientIdentity) =>
       Effect.gen(function* () {
-        const opened = yield* hub.open(selection, client).pipe(Effect.either)
+        // Everything for the client, responses and notifications alike, leaves through one queue in
+        // order; a client that stops reading fills it, and that slows the servers down.
+        const outbound = yield* Queue.bounded<JsonRpcMessage>(outboundQueueSize)
+        const write = (message: JsonRpcMessage) => Queue.offer(outbound, message).pipe(Effect.asVoid)
+        yield* Queue.take(outbound).pipe(
+          Effect.flatMap((message) => writeWithBackpressure(channel.output, encodeMessage(message))),
+          Effect.forever,
+          Effect.ignore,
+          Effect.forkScoped,
+        )
+        const opened = yield* hub.open(selection, client, write).pipe(Effect.either)
         if (opened._tag === "Left") {
           yield* writeWithBackpressure(channel.diagnostics, `mcp-ssh: ${opened.left.message}\n`).pipe(
             Effect.ignore,
@@ -58,10 +71,6 @@ export const McpSessionLive = Layer.effect(
           return 1
         }
         const session = opened.right
-        const write = (message: JsonRpcMessage) =>
-          writeWithBackpressure(channel.output, encodeMessage(message)).pipe(Effect.ignore)
-
-        yield* Queue.take(session.outgoing).pipe(Effect.flatMap(write), Effect.forever, Effect.forkScoped)
 
         const inFlight = yield* FiberMap.make<string, void, never>()
 
@@ -114,6 +123,7 @@ export const McpSessionLive = Layer.effect(
           // A last line without its newline is still a message.
           Effect.zipRight(Effect.suspend(() => Effect.forEach(framer.end(), handleFrame, { discard: true }))),
           // The client said it has nothing more to send: answer what is still in progress, then end.
+          Effect.zipRight(session.endOfInput),
           Effect.zipRight(FiberMap.awaitEmpty(inFlight)),
           Effect.as(0),
         )

@@ -6,7 +6,7 @@
  */
 import { type ChildProcessByStdio, spawn } from "node:child_process"
 import type { Readable, Writable } from "node:stream"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Queue, type Scope, Stream } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, type Scope, Stream } from "effect"
 import { UpstreamError } from "../domain/errors.js"
 import {
   classifyLine,
@@ -34,13 +34,16 @@ export interface UpstreamConnection {
   readonly request: (request: JsonRpcRequest) => Effect.Effect<JsonRpcResponse, UpstreamError>
   /** Send a notification, or the answer to a request the child made. */
   readonly send: (message: JsonRpcNotification | JsonRpcResponse) => Effect.Effect<void, UpstreamError>
-  /** Requests and notifications the child sends on its own, in order. */
-  readonly incoming: Queue.Dequeue<ChildMessage>
   /** Completes when the child has exited; the value says how. */
   readonly exited: Effect.Effect<UpstreamError>
 }
 
 export interface UpstreamOptions {
+  /**
+   * Takes the requests and notifications the child sends on its own, one at a time in order; the
+   * child's output is not read further until it returns (backpressure).
+   */
+  readonly onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>
   readonly maxLineBytes: number
   readonly stopTimeout: Duration.Duration
   readonly requestTimeout: Duration.Duration
@@ -63,6 +66,9 @@ interface Pending {
   /** Epoch millis of the last sign of life (sent, or progress received); the deadline counts from it. */
   lastActivity: number
 }
+
+/** How long output may still be read after the child exited (a grandchild may hold stdout open). */
+const outputDrainTime = Duration.millis(500)
 
 const describeExit = (code: number | null, signal: NodeJS.Signals | null): string =>
   signal !== null ? `exited on ${signal}` : `exited with code ${code ?? "unknown"}`
@@ -139,12 +145,21 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
     const pending = new Map<number, Pending>()
     const progressOwners = new Map<string, number>()
     let nextId = 1
-    const incoming = yield* Queue.bounded<ChildMessage>(1024)
 
     const failAllPending = (error: UpstreamError) => {
       for (const entry of pending.values()) Deferred.unsafeDone(entry.deferred, Exit.fail(error))
       pending.clear()
     }
+    const outputEnded = yield* Deferred.make<void>()
+    const closed = yield* Deferred.make<UpstreamError>()
+    // Whoever stops the child first, nothing waiting on it is left hanging.
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() =>
+        failAllPending(
+          new UpstreamError({ server: name, code: ErrorCode.ServerUnavailable, reason: "was stopped" }),
+        ),
+      ),
+    )
 
     child.once("exit", (code, signal) => {
       const error = new UpstreamError({
@@ -196,10 +211,10 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
             const entry = owner === undefined ? undefined : pending.get(owner)
             if (entry !== undefined) entry.lastActivity = Date.now()
           }
-          return Queue.offer(incoming, message.message)
+          return options.onMessage(connection, message.message)
         }
         case "Request":
-          return Queue.offer(incoming, message.message)
+          return options.onMessage(connection, message.message)
       }
     }
 
@@ -224,23 +239,6 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
         Effect.logWarning(`dropped a ${size}-byte message, over the ${options.maxLineBytes}-byte limit`),
       )
     }
-
-    yield* readChunks(child.stdout).pipe(
-      Stream.runForEach((chunk) =>
-        Effect.forEach(
-          framer.push(chunk),
-          (frame) =>
-            frame._tag === "Line"
-              ? handleLine(frame.bytes)
-              : handleOversized(frame.size, frame.head, frame.tail),
-          { discard: true },
-        ),
-      ),
-      // Answers still in the pipe when the child exits are delivered first; then the rest fail.
-      Effect.zipRight(Deferred.await(exitedSignal)),
-      Effect.flatMap((error) => Effect.sync(() => failAllPending(error))),
-      Effect.forkScoped,
-    )
 
     const stderrFramer = new LineFramer(64 * 1024)
     yield* readChunks(child.stderr).pipe(
@@ -345,14 +343,39 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
 
     const send = (message: JsonRpcNotification | JsonRpcResponse) => write(message)
 
-    return {
+    const connection: UpstreamConnection = {
       name,
       pid,
       request,
       send,
-      incoming,
-      exited: Deferred.await(exitedSignal),
-    } satisfies UpstreamConnection
+      exited: Deferred.await(closed),
+    }
+
+    // One reader hands every message on in the order the child wrote it: a notification the child
+    // sent before a response reaches the client before that response.
+    yield* readChunks(child.stdout).pipe(
+      Stream.runForEach((chunk) =>
+        Effect.forEach(
+          framer.push(chunk),
+          (frame) =>
+            frame._tag === "Line"
+              ? handleLine(frame.bytes)
+              : handleOversized(frame.size, frame.head, frame.tail),
+          { discard: true },
+        ),
+      ),
+      Effect.zipRight(Deferred.succeed(outputEnded, undefined)),
+      Effect.forkScoped,
+    )
+    // The child is gone once it has exited and its output is read (answers still in the pipe are
+    // delivered first), or shortly after exiting if something it started holds its stdout open.
+    yield* Deferred.await(exitedSignal).pipe(
+      Effect.tap(() => Deferred.await(outputEnded).pipe(Effect.timeout(outputDrainTime), Effect.ignore)),
+      Effect.flatMap((error) => Effect.sync(() => failAllPending(error)).pipe(Effect.as(error))),
+      Effect.flatMap((error) => Deferred.succeed(closed, error)),
+      Effect.forkScoped,
+    )
+    return connection
   })
 
 /** Close stdin, then SIGTERM, then SIGKILL the child's process group, waiting `grace` between steps. */
