@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 /** mcp-ssh-server: serve the MCP servers of servers_config.json to SSH clients. */
 import { Command, Options } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Effect, Option } from "effect"
+import { keysCommand, tokensCommand } from "./adminCommands.js"
 import { envName, flagName, gatewaySettings, type SettingKey, settingKeys } from "./domain/config.js"
-import { gatewayFromConfig, loggerLayer } from "./layers/Gateway.js"
 import { type FlagValues, loadGatewayConfig } from "./services/GatewayConfig.js"
 import { HostKey } from "./services/HostKey.js"
 import { KeyStore } from "./services/KeyStore.js"
-import { SshServer } from "./services/SshServer.js"
 import { version } from "./version.js"
 
 const describe = (key: SettingKey): string => {
@@ -56,13 +56,11 @@ const command = Command.make(
 const runGateway = (flags: FlagValues) =>
   Effect.gen(function* () {
     const config = yield* loadGatewayConfig(flags, process.env)
+    // Loaded here rather than at the top, so `keys` and `tokens` start without the gateway's modules.
+    const { gatewayFromConfig, loggerLayer } = yield* Effect.promise(() => import("./layers/Gateway.js"))
+    const { SshServer } = yield* Effect.promise(() => import("./services/SshServer.js"))
     const app = gatewayFromConfig(config)
     yield* Effect.gen(function* () {
-      if (config.settings.runKeyServer) {
-        yield* Effect.logWarning(
-          "--run-key-server: the key API is not part of this version; authorize keys in the file",
-        )
-      }
       const { address } = yield* SshServer
       const hostKey = yield* HostKey
       const keyStore = yield* KeyStore
@@ -89,7 +87,11 @@ const fail = (message: string) =>
     ),
   )
 
-const cli = Command.run(command, { name: "mcp-ssh-server", version })
+// Without a subcommand the root command runs the gateway; `keys` and `tokens` administer offline.
+const cli = Command.run(command.pipe(Command.withSubcommands([keysCommand, tokensCommand])), {
+  name: "mcp-ssh-server",
+  version,
+})
 
 // The gateway logs logfmt to stderr (loggerLayer); runMain's default pretty logger would repeat every
 // line on stdout.

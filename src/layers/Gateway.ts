@@ -7,7 +7,7 @@ import { GatewayConfig, type GatewayConfigShape } from "../services/GatewayConfi
 import { HostKeyLive } from "../services/HostKey.js"
 import { HubLive } from "../services/Hub.js"
 import { KeyApiLive } from "../services/KeyApi.js"
-import { KeyStoreLive, KeyStoreOfflineLive } from "../services/KeyStore.js"
+import { KeyStoreLive } from "../services/KeyStore.js"
 import { McpSessionLive } from "../services/McpSession.js"
 import { SshServerLive } from "../services/SshServer.js"
 import { UpstreamLive } from "../services/Upstream.js"
@@ -51,12 +51,5 @@ export const GatewayWithKeyApiLayer = KeyApiLive.pipe(
 
 export const gatewayFromConfig = (config: GatewayConfigShape) =>
   (config.settings.runKeyServer ? GatewayWithKeyApiLayer : GatewayLayer).pipe(
-    Layer.provide(Layer.succeed(GatewayConfig, config)),
-  )
-
-/** What the offline `keys` and `tokens` commands work on: the same files, no server. */
-export const offlineStoreFromConfig = (config: GatewayConfigShape) =>
-  EnrollmentTokensLive.pipe(
-    Layer.provideMerge(KeyStoreOfflineLive),
     Layer.provide(Layer.succeed(GatewayConfig, config)),
   )

@@ -5,7 +5,7 @@
  * through their scopes, every child.
  */
 import { type AddressInfo, createServer, type Server as NetServer, type Socket } from "node:net"
-import { Context, Deferred, Duration, Effect, Exit, FiberSet, Layer, Option, Runtime } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, FiberSet, Layer, Option, Queue, Runtime } from "effect"
 import { formatPublicKey } from "../domain/authorizedKeys.js"
 import { ListenError } from "../domain/errors.js"
 import {
@@ -69,6 +69,19 @@ export const SshServerLive = Layer.scoped(
     const runtime = yield* Effect.runtime<never>()
     const runSync = Runtime.runFork(runtime)
 
+    /** How to end each live connection, by the fingerprint it logged in with, for revocations. */
+    const liveByKey = new Map<string, Set<() => void>>()
+    const revocations = yield* keyStore.revocations
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Effect.flatMap(Queue.take(revocations), (fingerprint) =>
+          Effect.sync(() => {
+            for (const end of liveByKey.get(fingerprint) ?? []) end()
+          }),
+        ),
+      ),
+    )
+
     /** Unauthenticated connections, in total and by source address (sshd's MaxStartups). */
     const unauthenticated = { total: 0, bySource: new Map<string, number>() }
     /** Connections waiting for ssh2 to hand over their protocol object, by remote address and port. */
@@ -131,7 +144,9 @@ export const SshServerLive = Layer.scoped(
         let failures = 0
         let openSessions = 0
 
+        let connection: Connection | undefined
         const attach = (client: Connection) => {
+          connection = client
           client.on("error", () => {})
           client.on("close", () => Deferred.unsafeDone(closed, Exit.void))
 
@@ -284,7 +299,33 @@ export const SshServerLive = Layer.scoped(
         yield* Effect.logInfo("authenticated").pipe(
           Effect.annotateLogs({ client: identity.fingerprint, user: identity.username }),
         )
-        yield* Deferred.await(closed)
+        // A revoked key ends the connection, and with its scope every session and child.
+        const revoked = yield* Deferred.make<void>()
+        const end = () => Deferred.unsafeDone(revoked, Exit.void)
+        const ends = liveByKey.get(identity.fingerprint) ?? new Set<() => void>()
+        liveByKey.set(identity.fingerprint, ends.add(end))
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            ends.delete(end)
+            if (ends.size === 0 && liveByKey.get(identity.fingerprint) === ends)
+              liveByKey.delete(identity.fingerprint)
+          }),
+        )
+        // The key may have gone between the login check and the registration above.
+        const keys = yield* keyStore.list
+        if (!keys.some((key) => key.fingerprint === identity.fingerprint)) end()
+        const ended = yield* Effect.raceFirst(
+          Deferred.await(closed).pipe(Effect.as("closed" as const)),
+          Deferred.await(revoked).pipe(Effect.as("revoked" as const)),
+        )
+        if (ended === "revoked") {
+          // A clean SSH disconnect first; the scope then ends the sessions and the socket.
+          connection?.end()
+          yield* Effect.logInfo("closed: the key was revoked").pipe(
+            Effect.annotateLogs({ client: identity.fingerprint }),
+          )
+          return
+        }
         yield* Effect.logDebug("connection closed")
       }).pipe(Effect.scoped, Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }))
 

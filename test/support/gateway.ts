@@ -52,6 +52,8 @@ export interface GatewayOptions {
   /** Extra keys to authorize besides the default client key. */
   readonly authorizedLines?: ReadonlyArray<string>
   readonly gatewaySection?: Readonly<Record<string, unknown>>
+  /** Run the key API on a free port (--run-key-server --key-server-port 0) and wait until it listens. */
+  readonly keyApi?: boolean
 }
 
 export interface RunningGateway {
@@ -62,6 +64,8 @@ export interface RunningGateway {
   readonly clientKey: ClientKey
   readonly authorizedKeysPath: string
   readonly hostKeyPath: string
+  /** `http://127.0.0.1:PORT` of the key API, when it was asked for. */
+  readonly keyApiUrl: string | undefined
   /** Everything the gateway logged so far. */
   readonly log: () => string
   /** Resolves with the first log line matching, or rejects after the timeout. */
@@ -103,6 +107,7 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
       authorizedKeysPath,
       "--child-stop-timeout",
       "1",
+      ...(options.keyApi === true ? ["--run-key-server", "--key-server-port", "0"] : []),
       ...(options.flags ?? []),
     ],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
@@ -146,6 +151,10 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
     })
   const listening = await waitForLog(/SSH server listening on/)
   const port = Number(/listening on .*:(\d+)/.exec(listening)?.[1])
+  const keyApiUrl =
+    options.keyApi === true
+      ? /key API listening on (http:\/\/\S+)/.exec(await waitForLog(/key API listening on/))?.[1]
+      : undefined
   return {
     dir,
     port,
@@ -154,6 +163,7 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
     clientKey,
     authorizedKeysPath,
     hostKeyPath,
+    keyApiUrl,
     log: () => output,
     waitForLog,
     exited,
