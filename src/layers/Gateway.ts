@@ -1,6 +1,7 @@
 /** Composition only: the live services that make the gateway, and the logger it writes with. */
 import { Layer, Logger, LogLevel } from "effect"
 import type { GatewaySettings } from "../domain/config.js"
+import { AuditLive } from "../services/Audit.js"
 import { CatalogLive } from "../services/Catalog.js"
 import { EnrollmentTokensLive } from "../services/EnrollmentTokens.js"
 import { GatewayConfig, type GatewayConfigShape } from "../services/GatewayConfig.js"
@@ -15,7 +16,7 @@ import { UpstreamLive } from "../services/Upstream.js"
 /** Everything below the SSH server; tests replace single members (Upstream, KeyStore) with their own. */
 export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
-  Layer.provide(CatalogLive),
+  Layer.provide(Layer.merge(CatalogLive, AuditLive)),
   Layer.provide(UpstreamLive),
 )
 

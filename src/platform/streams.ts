@@ -1,6 +1,6 @@
 /** Effect wrappers for Node streams: writes that respect backpressure, reads that pull on demand. */
 import type { Readable, Writable } from "node:stream"
-import { Effect, Option, Stream } from "effect"
+import { Effect } from "effect"
 
 export class StreamClosed {
   readonly _tag = "StreamClosed"
@@ -39,45 +39,59 @@ export const writeWithBackpressure = (
   })
 
 /**
- * The next chunk of a readable in paused mode: whatever is buffered, or the next that arrives; None at
- * the end (EOF, error or destroy). Interrupting it only removes its listeners, so a stream can always
- * be abandoned; it is never destroyed here, so a duplex (an SSH channel) can still be written to.
+ * Reads a readable in paused mode, one chunk (all that is buffered) at a time. Its listeners are set
+ * once, so a read costs no listener bookkeeping; interrupting a read only forgets the reader waiting.
+ * The stream is never destroyed here, so a duplex (an SSH channel) can still be written to.
  */
-const readChunk = (stream: Readable): Effect.Effect<Buffer, Option.Option<never>> =>
-  Effect.async<Buffer, Option.Option<never>>((resume) => {
-    const tryRead = (): boolean => {
-      const chunk: Buffer | null = stream.read()
-      if (chunk !== null) {
-        resume(Effect.succeed(chunk))
-        return true
-      }
-      if (stream.readableEnded || stream.destroyed) {
-        resume(Effect.fail(Option.none()))
-        return true
-      }
-      return false
-    }
-    if (tryRead()) return
-    const onReadable = () => {
-      if (tryRead()) cleanup()
-    }
-    const onEnd = () => {
-      cleanup()
-      resume(Effect.fail(Option.none()))
-    }
-    const cleanup = () => {
-      stream.off("readable", onReadable)
-      stream.off("end", onEnd)
-      stream.off("close", onEnd)
-      stream.off("error", onEnd)
-    }
-    stream.on("readable", onReadable)
-    stream.once("end", onEnd)
-    stream.once("close", onEnd)
-    stream.once("error", onEnd)
-    return Effect.sync(cleanup)
-  })
+class ChunkReader {
+  private waiting: ((chunk: Buffer | undefined) => void) | undefined
+  private ended = false
 
-/** The chunks of a readable, pulled only as fast as they are consumed, until its end. */
-export const readChunks = (stream: Readable): Stream.Stream<Buffer> =>
-  Stream.repeatEffectOption(readChunk(stream))
+  constructor(private readonly stream: Readable) {
+    const wake = () => {
+      const resume = this.waiting
+      if (resume === undefined) return
+      const chunk = this.take()
+      if (chunk !== null) {
+        this.waiting = undefined
+        resume(chunk)
+      }
+    }
+    const end = () => {
+      this.ended = true
+      wake()
+    }
+    stream.on("readable", wake)
+    stream.once("end", end)
+    stream.once("close", end)
+    stream.once("error", end)
+  }
+
+  /** A chunk, undefined at the end, or null when nothing is there yet. */
+  private take(): Buffer | undefined | null {
+    const chunk: Buffer | null = this.stream.read()
+    if (chunk !== null) return chunk
+    return this.ended || this.stream.readableEnded || this.stream.destroyed ? undefined : null
+  }
+
+  readonly next: Effect.Effect<Buffer | undefined> = Effect.async<Buffer | undefined>((resume) => {
+    const chunk = this.take()
+    if (chunk !== null) return resume(Effect.succeed(chunk))
+    this.waiting = (value) => resume(Effect.succeed(value))
+    return Effect.sync(() => {
+      this.waiting = undefined
+    })
+  })
+}
+
+/** Run `f` on each chunk of the readable, pulling the next only when `f` is done, until its end. */
+export const forEachChunk = <E, R>(
+  stream: Readable,
+  f: (chunk: Buffer) => Effect.Effect<void, E, R>,
+): Effect.Effect<void, E, R> => {
+  const reader = new ChunkReader(stream)
+  const loop: Effect.Effect<void, E, R> = Effect.flatMap(reader.next, (chunk) =>
+    chunk === undefined ? Effect.void : Effect.zipRight(f(chunk), loop),
+  )
+  return loop
+}

@@ -11,7 +11,7 @@
 import { randomUUID } from "node:crypto"
 import { Context, Data, Deferred, Duration, Effect, Fiber, Layer, Option, Queue, type Scope } from "effect"
 import { decodeCursor, encodeCursor } from "../domain/cursor.js"
-import type { UpstreamError } from "../domain/errors.js"
+import { UpstreamError } from "../domain/errors.js"
 import {
   ErrorCode,
   errorResponse,
@@ -53,6 +53,7 @@ import {
 import { exposedName } from "../domain/naming.js"
 import { templateMatcher } from "../domain/uriTemplate.js"
 import { version } from "../version.js"
+import { Audit } from "./Audit.js"
 import { Catalog } from "./Catalog.js"
 import {
   type ChildState,
@@ -74,6 +75,14 @@ export interface ClientIdentity {
 export interface HubSession {
   /** Answer one client request; failures become JSON-RPC error responses, never defects. */
   readonly request: (request: JsonRpcRequest) => Effect.Effect<JsonRpcResponse>
+  /**
+   * Answer a request by callback when it can be routed at once (see the Hub); undefined when it
+   * cannot, and `request` must answer it. The returned function cancels it.
+   */
+  readonly fastRequest: (
+    request: JsonRpcRequest,
+    respond: (response: JsonRpcResponse) => void,
+  ) => (() => void) | undefined
   readonly notify: (notification: JsonRpcNotification) => Effect.Effect<void>
   /** The client's answer to a request a server made. */
   readonly respond: (response: JsonRpcResponse) => Effect.Effect<void>
@@ -160,6 +169,7 @@ export const HubLive = Layer.effect(
     const config = yield* GatewayConfig
     const upstream = yield* Upstream
     const catalog = yield* Catalog
+    const audit = yield* Audit
     const { settings } = config
     const supervisorOptions = {
       maxLineBytes: settings.maxLineBytes,
@@ -1044,30 +1054,91 @@ export const HubLive = Layer.effect(
             }
           })
 
+        const outcomeOf = (response: JsonRpcResponse) =>
+          response.error === undefined ? "ok" : `error ${response.error.code}`
+
         const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse> =>
           Effect.gen(function* () {
             const started = Date.now()
             const routed = yield* route(message).pipe(
               Effect.onInterrupt(() =>
-                log(Effect.logInfo("cancelled")).pipe(
-                  Effect.annotateLogs({ audit: true, method: message.method }),
+                Effect.sync(() =>
+                  audit.record({
+                    client: client.fingerprint,
+                    server: "gateway",
+                    method: message.method,
+                    target: undefined,
+                    millis: Date.now() - started,
+                    outcome: "cancelled",
+                  }),
                 ),
               ),
             )
-            const outcome = routed.response.error === undefined ? "ok" : `error ${routed.response.error.code}`
-            yield* Effect.logInfo("call").pipe(
-              Effect.annotateLogs({
-                audit: true,
-                client: client.fingerprint,
-                server: routed.server ?? "gateway",
-                method: message.method,
-                ...(routed.target === undefined ? {} : { target: routed.target }),
-                ms: Date.now() - started,
-                outcome,
-              }),
-            )
+            audit.record({
+              client: client.fingerprint,
+              server: routed.server ?? "gateway",
+              method: message.method,
+              target: routed.target,
+              millis: Date.now() - started,
+              outcome: outcomeOf(routed.response),
+            })
             return routed.response
           })
+
+        /**
+         * The per-call path for what is already known: a tool, prompt or resource whose owner is up,
+         * for a 2025-era client. Plain callbacks from request to response; anything else (names not
+         * seen yet, children starting, 2026 clients) takes `request`.
+         */
+        const fastRequest = (message: JsonRpcRequest, respond: (response: JsonRpcResponse) => void) => {
+          if (era !== "legacy") return undefined
+          const params = message.params
+          let target: Target | undefined
+          let forwarded: JsonRpcRequest = message
+          let label: string | undefined
+          if (message.method === "tools/call" || message.method === "prompts/get") {
+            label = stringParam(params, "name")
+            target =
+              label === undefined
+                ? undefined
+                : names[message.method === "tools/call" ? "tool" : "prompt"].get(label)
+            if (target !== undefined) forwarded = { ...message, params: { ...params, name: target.name } }
+          } else if (message.method === "resources/read") {
+            label = stringParam(params, "uri")
+            const owner = label === undefined ? undefined : ownerOfUri(label)
+            target = owner === undefined ? undefined : { server: owner, name: "" }
+          }
+          const ready = target === undefined ? undefined : readyOf(byName.get(target.server))
+          if (target === undefined || ready === undefined) return undefined
+          const server = target.server
+          const started = Date.now()
+          let settled = false
+          const record = (outcome: string) =>
+            audit.record({
+              client: client.fingerprint,
+              server,
+              method: message.method,
+              target: label,
+              millis: Date.now() - started,
+              outcome,
+            })
+          const cancel = ready.connection.call(forwarded, (outcome) => {
+            settled = true
+            const response =
+              outcome instanceof UpstreamError ? fromUpstreamError(message.id, outcome) : outcome
+            const task =
+              isObject(response.result) && isObject(response.result.task) ? response.result.task : undefined
+            if (typeof task?.taskId === "string") taskOwners.set(task.taskId, server)
+            record(outcomeOf(response))
+            respond(response)
+          })
+          return () => {
+            if (settled) return
+            settled = true
+            cancel()
+            record("cancelled")
+          }
+        }
 
         const notify = (notification: JsonRpcNotification): Effect.Effect<void> =>
           Effect.suspend(() => {
@@ -1108,7 +1179,7 @@ export const HubLive = Layer.effect(
           })
 
         const endOfInput = Deferred.succeed(inputEnded, undefined).pipe(Effect.asVoid)
-        return { request, notify, respond, endOfInput } satisfies HubSession
+        return { request, fastRequest, notify, respond, endOfInput } satisfies HubSession
       })
 
     return { open }

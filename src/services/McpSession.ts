@@ -4,17 +4,18 @@
  * concurrently, each cancellable by notifications/cancelled.
  */
 import type { Readable, Writable } from "node:stream"
-import { Context, Effect, FiberMap, Layer, Queue, Stream } from "effect"
+import { Context, Effect, FiberMap, Layer } from "effect"
 import {
   classifyLine,
   ErrorCode,
   encodeMessage,
   errorResponse,
   type JsonRpcMessage,
+  type JsonRpcRequest,
   recoverId,
 } from "../domain/jsonRpc.js"
 import { type Frame, LineFramer } from "../domain/lineFramer.js"
-import { readChunks, writeWithBackpressure } from "../platform/streams.js"
+import { forEachChunk, writeWithBackpressure } from "../platform/streams.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import { type ClientIdentity, Hub } from "./Hub.js"
 
@@ -41,8 +42,8 @@ export class McpSession extends Context.Tag("mcp-ssh/McpSession")<
 
 const requestKey = (id: unknown): string => JSON.stringify(id)
 
-/** Messages waiting for a slow client before the servers are made to wait. */
-const outboundQueueSize = 256
+/** Requests of one session in progress at once; more are refused rather than buffered. */
+const maxRequestsInFlight = 1024
 
 export const McpSessionLive = Layer.effect(
   McpSession,
@@ -53,16 +54,15 @@ export const McpSessionLive = Layer.effect(
 
     const serve = (channel: SessionChannel, selection: ReadonlyArray<string>, client: ClientIdentity) =>
       Effect.gen(function* () {
-        // Everything for the client, responses and notifications alike, leaves through one queue in
-        // order; a client that stops reading fills it, and that slows the servers down.
-        const outbound = yield* Queue.bounded<JsonRpcMessage>(outboundQueueSize)
-        const write = (message: JsonRpcMessage) => Queue.offer(outbound, message).pipe(Effect.asVoid)
-        yield* Queue.take(outbound).pipe(
-          Effect.flatMap((message) => writeWithBackpressure(channel.output, encodeMessage(message))),
-          Effect.forever,
-          Effect.ignore,
-          Effect.forkScoped,
-        )
+        // Everything for the client goes straight into the channel, whose buffer keeps it in order.
+        // Messages the servers send on their own wait for a full buffer to drain (backpressure to
+        // the child); answers to the client's own requests never wait, as the client paces those.
+        const output = channel.output
+        const writeNow = (message: JsonRpcMessage) => {
+          if (!output.destroyed && !output.writableEnded) output.write(encodeMessage(message))
+        }
+        const write = (message: JsonRpcMessage) =>
+          writeWithBackpressure(output, encodeMessage(message)).pipe(Effect.ignore)
         const opened = yield* hub.open(selection, client, write).pipe(Effect.either)
         if (opened._tag === "Left") {
           yield* writeWithBackpressure(channel.diagnostics, `mcp-ssh: ${opened.left.message}\n`).pipe(
@@ -73,6 +73,36 @@ export const McpSessionLive = Layer.effect(
         const session = opened.right
 
         const inFlight = yield* FiberMap.make<string, void, never>()
+        /** Requests answered by callback (the per-call path), with how to cancel each. */
+        const fastInFlight = new Map<string, () => void>()
+        let whenFastDone: (() => void) | undefined
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            for (const cancel of fastInFlight.values()) cancel()
+            fastInFlight.clear()
+          }),
+        )
+        const fastDrained = Effect.async<void>((resume) => {
+          if (fastInFlight.size === 0) return resume(Effect.void)
+          whenFastDone = () => resume(Effect.void)
+        })
+
+        const startRequest = (request: JsonRpcRequest, key: string): Effect.Effect<void> => {
+          let answered = false
+          const cancel = session.fastRequest(request, (response) => {
+            answered = true
+            fastInFlight.delete(key)
+            writeNow(response)
+            if (fastInFlight.size === 0) whenFastDone?.()
+          })
+          if (cancel === undefined) {
+            return FiberMap.run(inFlight, key, Effect.flatMap(session.request(request), write), {
+              onlyIfMissing: true,
+            }).pipe(Effect.asVoid)
+          }
+          if (!answered) fastInFlight.set(key, cancel)
+          return Effect.void
+        }
 
         const handleFrame = (frame: Frame): Effect.Effect<void> => {
           if (frame._tag === "Oversized") {
@@ -91,40 +121,55 @@ export const McpSessionLive = Layer.effect(
               return session.respond(message.message)
             case "Notification": {
               if (message.message.method === "notifications/cancelled") {
-                // Interrupting the call cancels it at the child, which gets its own request id.
-                return FiberMap.remove(inFlight, requestKey(message.message.params?.requestId))
+                // Cancelling the call cancels it at the child, which gets its own request id.
+                const key = requestKey(message.message.params?.requestId)
+                const cancelFast = fastInFlight.get(key)
+                if (cancelFast === undefined) return FiberMap.remove(inFlight, key)
+                fastInFlight.delete(key)
+                cancelFast()
+                if (fastInFlight.size === 0) whenFastDone?.()
+                return Effect.void
               }
               return session.notify(message.message)
             }
             case "Request": {
               const request = message.message
               const key = requestKey(request.id)
-              return FiberMap.has(inFlight, key).pipe(
-                Effect.flatMap((busy) =>
-                  busy
-                    ? write(
-                        errorResponse(request.id, {
-                          code: ErrorCode.InvalidRequest,
-                          message: `Invalid Request: id ${key} is already used by a request in progress`,
-                        }),
-                      )
-                    : FiberMap.run(inFlight, key, Effect.flatMap(session.request(request), write), {
-                        onlyIfMissing: true,
-                      }).pipe(Effect.asVoid),
-                ),
+              return Effect.zip(FiberMap.has(inFlight, key), FiberMap.size(inFlight)).pipe(
+                Effect.flatMap(([busy, slowCount]) => {
+                  if (busy || fastInFlight.has(key)) {
+                    return write(
+                      errorResponse(request.id, {
+                        code: ErrorCode.InvalidRequest,
+                        message: `Invalid Request: id ${key} is already used by a request in progress`,
+                      }),
+                    )
+                  }
+                  if (fastInFlight.size + slowCount >= maxRequestsInFlight) {
+                    return write(
+                      errorResponse(request.id, {
+                        code: ErrorCode.InvalidRequest,
+                        message: `Invalid Request: more than ${maxRequestsInFlight} requests in progress`,
+                      }),
+                    )
+                  }
+                  return startRequest(request, key)
+                }),
               )
             }
           }
         }
 
         const framer = new LineFramer(maxLineBytes)
-        const untilEndOfInput = readChunks(channel.input).pipe(
-          Stream.runForEach((chunk) => Effect.forEach(framer.push(chunk), handleFrame, { discard: true })),
+        const untilEndOfInput = forEachChunk(channel.input, (chunk) =>
+          Effect.forEach(framer.push(chunk), handleFrame, { discard: true }),
+        ).pipe(
           // A last line without its newline is still a message.
           Effect.zipRight(Effect.suspend(() => Effect.forEach(framer.end(), handleFrame, { discard: true }))),
           // The client said it has nothing more to send: answer what is still in progress, then end.
           Effect.zipRight(session.endOfInput),
           Effect.zipRight(FiberMap.awaitEmpty(inFlight)),
+          Effect.zipRight(fastDrained),
           Effect.as(0),
         )
         // A channel closed outright has nobody left to answer: stop at once.

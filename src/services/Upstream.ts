@@ -6,7 +6,7 @@
  */
 import { type ChildProcessByStdio, spawn } from "node:child_process"
 import type { Readable, Writable } from "node:stream"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, type Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Layer, type Scope } from "effect"
 import { UpstreamError } from "../domain/errors.js"
 import {
   classifyLine,
@@ -19,7 +19,8 @@ import {
   recoverId,
 } from "../domain/jsonRpc.js"
 import { LineFramer } from "../domain/lineFramer.js"
-import { readChunks, writeWithBackpressure } from "../platform/streams.js"
+import { isObject } from "../domain/mcp.js"
+import { forEachChunk, writeWithBackpressure } from "../platform/streams.js"
 import type { ChildServer } from "./GatewayConfig.js"
 
 export type ChildMessage = JsonRpcRequest | JsonRpcNotification
@@ -32,6 +33,14 @@ export interface UpstreamConnection {
    * the caller cancels the request at the child.
    */
   readonly request: (request: JsonRpcRequest) => Effect.Effect<JsonRpcResponse, UpstreamError>
+  /**
+   * The same as a callback, for the per-call path: `done` gets the answer (with the caller's id) or
+   * the error, once. The returned function cancels the request at the child.
+   */
+  readonly call: (
+    request: JsonRpcRequest,
+    done: (outcome: JsonRpcResponse | UpstreamError) => void,
+  ) => () => void
   /** Send a notification, or the answer to a request the child made. */
   readonly send: (message: JsonRpcNotification | JsonRpcResponse) => Effect.Effect<void, UpstreamError>
   /** Completes when the child has exited; the value says how. */
@@ -62,9 +71,10 @@ export class Upstream extends Context.Tag("mcp-ssh/Upstream")<
 type Child = ChildProcessByStdio<Writable, Readable, Readable>
 
 interface Pending {
-  readonly deferred: Deferred.Deferred<JsonRpcResponse, UpstreamError>
-  /** Epoch millis of the last sign of life (sent, or progress received); the deadline counts from it. */
-  lastActivity: number
+  /** Takes the child's answer or why there is none; called once. */
+  readonly settle: (outcome: JsonRpcResponse | UpstreamError) => void
+  /** Fires when the request has been silent (no answer, no progress) for the whole timeout. */
+  readonly timer: NodeJS.Timeout
 }
 
 /** How long output may still be read after the child exited (a grandchild may hold stdout open). */
@@ -146,9 +156,16 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
     const progressOwners = new Map<string, number>()
     let nextId = 1
 
+    /** Hand a request its outcome, once; false when it was already settled or given up. */
+    const settle = (id: unknown, outcome: JsonRpcResponse | UpstreamError): boolean => {
+      const entry = typeof id === "number" ? pending.get(id) : undefined
+      if (entry === undefined || typeof id !== "number") return false
+      pending.delete(id)
+      entry.settle(outcome)
+      return true
+    }
     const failAllPending = (error: UpstreamError) => {
-      for (const entry of pending.values()) Deferred.unsafeDone(entry.deferred, Exit.fail(error))
-      pending.clear()
+      for (const id of [...pending.keys()]) settle(id, error)
     }
     const outputEnded = yield* Deferred.make<void>()
     const closed = yield* Deferred.make<UpstreamError>()
@@ -161,12 +178,14 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
       ),
     )
 
+    let exitError: UpstreamError | undefined
     child.once("exit", (code, signal) => {
       const error = new UpstreamError({
         server: name,
         code: ErrorCode.ServerUnavailable,
         reason: describeExit(code, signal),
       })
+      exitError = error
       Deferred.unsafeDone(exitedSignal, Exit.succeed(error))
       // Whatever it left running in its group goes with it.
       signalGroup(pid, "SIGTERM")
@@ -179,29 +198,18 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
       switch (message._tag) {
         case "Response": {
           const id = message.message.id
-          const entry = typeof id === "number" ? pending.get(id) : undefined
-          if (entry === undefined || typeof id !== "number") {
-            return log(Effect.logWarning(`ignored a response to unknown request id ${JSON.stringify(id)}`))
-          }
-          pending.delete(id)
-          Deferred.unsafeDone(entry.deferred, Exit.succeed(message.message))
-          return Effect.void
+          if (settle(id, message.message)) return Effect.void
+          return log(Effect.logWarning(`ignored a response to unknown request id ${JSON.stringify(id)}`))
         }
         case "Invalid": {
-          const entry = typeof message.id === "number" ? pending.get(message.id) : undefined
-          if (entry !== undefined && typeof message.id === "number") {
-            pending.delete(message.id)
-            Deferred.unsafeDone(
-              entry.deferred,
-              Exit.fail(
-                new UpstreamError({
-                  server: name,
-                  code: ErrorCode.InternalError,
-                  reason: `sent an invalid response (${message.error.message})`,
-                }),
-              ),
-            )
-          }
+          settle(
+            message.id,
+            new UpstreamError({
+              server: name,
+              code: ErrorCode.InternalError,
+              reason: `sent an invalid response (${message.error.message})`,
+            }),
+          )
           const text = Buffer.from(line.subarray(0, 200)).toString("utf8")
           return log(Effect.logWarning(`ignored stdout line that is not JSON-RPC: ${text}`))
         }
@@ -209,7 +217,7 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
           if (message.message.method === "notifications/progress") {
             const owner = progressOwners.get(progressKey(message.message.params?.progressToken))
             const entry = owner === undefined ? undefined : pending.get(owner)
-            if (entry !== undefined) entry.lastActivity = Date.now()
+            entry?.timer.refresh()
           }
           return options.onMessage(connection, message.message)
         }
@@ -220,63 +228,51 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
 
     const framer = new LineFramer(options.maxLineBytes)
     const handleOversized = (size: number, head: string, tail: string) => {
-      const id = recoverId(head, tail)
-      const entry = typeof id === "number" ? pending.get(id) : undefined
-      if (entry !== undefined && typeof id === "number") {
-        pending.delete(id)
-        Deferred.unsafeDone(
-          entry.deferred,
-          Exit.fail(
-            new UpstreamError({
-              server: name,
-              code: ErrorCode.InternalError,
-              reason: `sent a response of ${size} bytes, over the ${options.maxLineBytes}-byte limit`,
-            }),
-          ),
-        )
-      }
+      settle(
+        recoverId(head, tail),
+        new UpstreamError({
+          server: name,
+          code: ErrorCode.InternalError,
+          reason: `sent a response of ${size} bytes, over the ${options.maxLineBytes}-byte limit`,
+        }),
+      )
       return log(
         Effect.logWarning(`dropped a ${size}-byte message, over the ${options.maxLineBytes}-byte limit`),
       )
     }
 
     const stderrFramer = new LineFramer(64 * 1024)
-    yield* readChunks(child.stderr).pipe(
-      Stream.runForEach((chunk) =>
-        Effect.forEach(
-          stderrFramer.push(chunk),
-          (frame) =>
-            log(
-              Effect.logInfo(
-                frame._tag === "Line"
-                  ? Buffer.from(frame.bytes).toString("utf8")
-                  : `${frame.head.slice(0, 200)}... [${frame.size} bytes of stderr]`,
-              ),
+    yield* forEachChunk(child.stderr, (chunk) =>
+      Effect.forEach(
+        stderrFramer.push(chunk),
+        (frame) =>
+          log(
+            Effect.logInfo(
+              frame._tag === "Line"
+                ? Buffer.from(frame.bytes).toString("utf8")
+                : `${frame.head.slice(0, 200)}... [${frame.size} bytes of stderr]`,
             ),
-          { discard: true },
-        ),
+          ),
+        { discard: true },
       ),
-      Effect.forkScoped,
-    )
-
-    const exitedError = Deferred.poll(exitedSignal).pipe(
-      Effect.flatMap((polled) => (polled._tag === "Some" ? polled.value : Effect.succeed(undefined))),
-    )
+    ).pipe(Effect.forkScoped)
 
     const write = (message: JsonObject) =>
       writeWithBackpressure(child.stdin, encodeMessage(message as JsonRpcNotification)).pipe(
+        // A write fails when the child has just died: say how it died rather than "closed its input".
         Effect.catchAll(() =>
-          exitedError.pipe(
-            Effect.flatMap((error) =>
-              Effect.fail(
-                error ??
-                  new UpstreamError({
-                    server: name,
-                    code: ErrorCode.ServerUnavailable,
-                    reason: "closed its input",
-                  }),
+          Deferred.await(exitedSignal).pipe(
+            Effect.timeout(outputDrainTime),
+            Effect.catchAll(() =>
+              Effect.succeed(
+                new UpstreamError({
+                  server: name,
+                  code: ErrorCode.ServerUnavailable,
+                  reason: "closed its input",
+                }),
               ),
             ),
+            Effect.flatMap(Effect.fail),
           ),
         ),
       )
@@ -284,61 +280,71 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
     const timeoutMillis = Duration.toMillis(options.requestTimeout)
 
     /** Fails once the request has been silent (no progress) for the whole timeout. */
-    const deadline = (id: number, entry: Pending): Effect.Effect<never, UpstreamError> =>
-      Effect.gen(function* () {
-        while (true) {
-          const now = yield* Clock.currentTimeMillis
-          const remaining = entry.lastActivity + timeoutMillis - now
-          if (remaining <= 0) {
-            return yield* new UpstreamError({
-              server: name,
-              code: ErrorCode.RequestTimeout,
-              reason: `did not answer request ${id} within ${Duration.format(options.requestTimeout)}`,
-            })
-          }
-          yield* Effect.sleep(Duration.millis(remaining))
-        }
+    const timedOut = (id: number) =>
+      new UpstreamError({
+        server: name,
+        code: ErrorCode.RequestTimeout,
+        reason: `did not answer request ${id} within ${Duration.format(options.requestTimeout)}`,
       })
 
-    const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
-      Effect.gen(function* () {
-        const alreadyExited = yield* exitedError
-        if (alreadyExited !== undefined) return yield* alreadyExited
-        const id = nextId++
-        const entry: Pending = {
-          deferred: yield* Deferred.make<JsonRpcResponse, UpstreamError>(),
-          lastActivity: Date.now(),
-        }
-        pending.set(id, entry)
-        const token = message.params?._meta
-        const progressToken =
-          typeof token === "object" && token !== null && "progressToken" in token
-            ? token.progressToken
-            : undefined
-        if (progressToken !== undefined) progressOwners.set(progressKey(progressToken), id)
-        const cleanup = Effect.sync(() => {
-          pending.delete(id)
-          if (progressToken !== undefined) progressOwners.delete(progressKey(progressToken))
-        })
-        const cancelAtChild = (reason: string) =>
-          write({
+    const cancelAtChild = (id: number, reason: string) => {
+      if (!child.stdin.destroyed && !child.stdin.writableEnded) {
+        child.stdin.write(
+          encodeMessage({
             jsonrpc: "2.0",
             method: "notifications/cancelled",
             params: { requestId: id, reason },
-          }).pipe(Effect.ignore)
-        return yield* write({ ...message, id }).pipe(
-          Effect.zipRight(Effect.raceFirst(Deferred.await(entry.deferred), deadline(id, entry))),
-          Effect.map((response) => ({ ...response, id: message.id })),
-          Effect.tapErrorTag("UpstreamError", (error) =>
-            error.code === ErrorCode.RequestTimeout
-              ? cancelAtChild("request timed out at the gateway")
-              : Effect.void,
-          ),
-          Effect.onInterrupt(() =>
-            pending.has(id) ? cancelAtChild("cancelled by the client") : Effect.void,
-          ),
-          Effect.ensuring(cleanup),
+          }),
         )
+      }
+    }
+
+    // The per-call path is plain callbacks: no fiber, no Deferred, a Node timer for the deadline
+    // (progress refreshes it). It is what a tools/call costs, so it is kept lean.
+    const call = (message: JsonRpcRequest, done: (outcome: JsonRpcResponse | UpstreamError) => void) => {
+      if (exitError !== undefined) {
+        done(exitError)
+        return () => {}
+      }
+      if (child.stdin.destroyed || child.stdin.writableEnded) {
+        done(
+          new UpstreamError({ server: name, code: ErrorCode.ServerUnavailable, reason: "closed its input" }),
+        )
+        return () => {}
+      }
+      const id = nextId++
+      const meta = message.params?._meta
+      const progressToken = isObject(meta) ? meta.progressToken : undefined
+      const forget = () => {
+        clearTimeout(timer)
+        if (progressToken !== undefined) progressOwners.delete(progressKey(progressToken))
+      }
+      const timer = setTimeout(() => {
+        if (settle(id, timedOut(id))) cancelAtChild(id, "request timed out at the gateway")
+      }, timeoutMillis)
+      timer.unref()
+      pending.set(id, {
+        timer,
+        settle: (outcome) => {
+          forget()
+          done(outcome instanceof UpstreamError ? outcome : { ...outcome, id: message.id })
+        },
+      })
+      if (progressToken !== undefined) progressOwners.set(progressKey(progressToken), id)
+      child.stdin.write(encodeMessage({ ...message, id }))
+      return () => {
+        if (!pending.delete(id)) return
+        forget()
+        cancelAtChild(id, "cancelled by the client")
+      }
+    }
+
+    const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
+      Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
+        const cancel = call(message, (outcome) =>
+          resume(outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(outcome)),
+        )
+        return Effect.sync(cancel)
       })
 
     const send = (message: JsonRpcNotification | JsonRpcResponse) => write(message)
@@ -346,6 +352,7 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
     const connection: UpstreamConnection = {
       name,
       pid,
+      call,
       request,
       send,
       exited: Deferred.await(closed),
@@ -353,20 +360,16 @@ export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
 
     // One reader hands every message on in the order the child wrote it: a notification the child
     // sent before a response reaches the client before that response.
-    yield* readChunks(child.stdout).pipe(
-      Stream.runForEach((chunk) =>
-        Effect.forEach(
-          framer.push(chunk),
-          (frame) =>
-            frame._tag === "Line"
-              ? handleLine(frame.bytes)
-              : handleOversized(frame.size, frame.head, frame.tail),
-          { discard: true },
-        ),
+    yield* forEachChunk(child.stdout, (chunk) =>
+      Effect.forEach(
+        framer.push(chunk),
+        (frame) =>
+          frame._tag === "Line"
+            ? handleLine(frame.bytes)
+            : handleOversized(frame.size, frame.head, frame.tail),
+        { discard: true },
       ),
-      Effect.zipRight(Deferred.succeed(outputEnded, undefined)),
-      Effect.forkScoped,
-    )
+    ).pipe(Effect.zipRight(Deferred.succeed(outputEnded, undefined)), Effect.forkScoped)
     // The child is gone once it has exited and its output is read (answers still in the pipe are
     // delivered first), or shortly after exiting if something it started holds its stdout open.
     yield* Deferred.await(exitedSignal).pipe(
