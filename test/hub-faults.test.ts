@@ -53,6 +53,38 @@ describe("a session with a hanging and a noisy child", () => {
   })
 })
 
+describe("a server that takes too long", () => {
+  it("answers the call with -32001 at the server's timeout and cancels it at the child", async () => {
+    const gateway = await startGateway({
+      servers: { slow: { ...node("mini-server.mjs"), timeout: 0.5 } },
+    })
+    try {
+      const connection = await connect(gateway)
+      const channel = await openLineChannel(connection)
+      await channel.initialize()
+      await channel.request(1, "tools/list")
+      const started = Date.now()
+      expect(
+        await channel.request(2, "tools/call", { name: "slow__sleep", arguments: { ms: 5000 } }),
+      ).toMatchObject({
+        error: { code: -32001, message: expect.stringMatching(/did not answer request \d+ within/) },
+      })
+      expect(Date.now() - started).toBeLessThan(3000)
+      await gateway.waitForLog(/mini-server: cancelled request \d+/)
+      // Progress would have kept it alive; an answer in time is unaffected.
+      expect(
+        await channel.request(3, "tools/call", { name: "slow__sleep", arguments: { ms: 100 } }),
+      ).toMatchObject({
+        result: { content: [{ text: "slept" }] },
+      })
+      channel.channel.end()
+      connection.end()
+    } finally {
+      await disposeGateway(gateway)
+    }
+  })
+})
+
 describe("names that collide", () => {
   it("refuse to start, naming both servers", async () => {
     const dir = tempDir()

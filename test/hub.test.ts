@@ -147,31 +147,35 @@ describe("the merged server", () => {
     expect(paged.content).toEqual([{ type: "text", text: "mini" }])
   })
 
-  it("calls every tool of the reference server that needs no network", async () => {
+  it("calls every tool of both reference servers that needs no network", async () => {
     const { tools } = await client.listTools()
     const argumentsFor: Record<string, Record<string, unknown>> = {
-      alpha__echo: { message: "x" },
-      "alpha__get-sum": { a: 1, b: 2 },
-      "alpha__get-annotated-message": { messageType: "error", includeImage: false },
-      "alpha__get-resource-links": { count: 2 },
-      "alpha__get-resource-reference": { resourceType: "Text", resourceId: 1 },
-      "alpha__get-structured-content": { location: "Chicago" },
-      "alpha__trigger-long-running-operation": { duration: 0.2, steps: 2 },
-      "alpha__trigger-sampling-request": { prompt: "hi", maxTokens: 10 },
+      echo: { message: "x" },
+      "get-sum": { a: 1, b: 2 },
+      "get-annotated-message": { messageType: "error", includeImage: false },
+      "get-resource-links": { count: 2 },
+      "get-resource-reference": { resourceType: "Text", resourceId: 1 },
+      "get-structured-content": { location: "Chicago" },
+      "trigger-long-running-operation": { duration: 0.2, steps: 2 },
+      "trigger-sampling-request": { prompt: "hi", maxTokens: 10 },
     }
     // gzip fetches from the network; the research query runs only as a task (tested below).
-    const skip = new Set([
-      "alpha__gzip-file-as-resource",
-      "alpha__trigger-url-elicitation",
-      "alpha__simulate-research-query",
-    ])
-    const alphaTools = tools
-      .map((tool) => tool.name)
-      .filter((name) => name.startsWith("alpha__") && !skip.has(name))
-    expect(alphaTools.length).toBeGreaterThanOrEqual(12)
-    for (const name of alphaTools) {
-      const result = await client.callTool({ name, arguments: argumentsFor[name] ?? {} })
-      expect(result.isError, `${name}: ${JSON.stringify(result.content)}`).not.toBe(true)
+    const skip = new Set(["gzip-file-as-resource", "trigger-url-elicitation", "simulate-research-query"])
+    for (const server of ["alpha", "beta"]) {
+      const prefix = `${server}__`
+      const bare = tools
+        .map((tool) => tool.name)
+        .filter((name) => name.startsWith(prefix))
+        .map((name) => name.slice(prefix.length))
+        .filter((name) => !skip.has(name))
+      expect(bare.length).toBeGreaterThanOrEqual(12)
+      for (const tool of bare) {
+        const result = await client.callTool({
+          name: `${prefix}${tool}`,
+          arguments: argumentsFor[tool] ?? {},
+        })
+        expect(result.isError, `${prefix}${tool}: ${JSON.stringify(result.content)}`).not.toBe(true)
+      }
     }
   })
 

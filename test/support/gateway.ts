@@ -22,6 +22,8 @@ export interface ServerEntry {
   readonly env?: Readonly<Record<string, string>>
   readonly cwd?: string
   readonly disabled?: boolean
+  readonly prefix?: string
+  readonly timeout?: number
 }
 
 export const everything: ServerEntry = { command: process.execPath, args: [everythingServer, "stdio"] }
