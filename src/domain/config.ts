@@ -19,25 +19,27 @@ export const ServerName = Schema.String.pipe(
 
 export const ServerSpec = Schema.Struct({
   command: Schema.NonEmptyTrimmedString,
-  args: Schema.optional(Schema.Array(Schema.String)),
-  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
-  cwd: Schema.optional(Schema.NonEmptyTrimmedString),
-  disabled: Schema.optional(Schema.Boolean),
+  args: Schema.optionalWith(Schema.Array(Schema.String), { exact: true }),
+  env: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { exact: true }),
+  cwd: Schema.optionalWith(Schema.NonEmptyTrimmedString, { exact: true }),
+  disabled: Schema.optionalWith(Schema.Boolean, { exact: true }),
   /** Claude Desktop configs may say so explicitly; stdio is the only transport a child can have here. */
-  type: Schema.optional(Schema.Literal("stdio")),
+  type: Schema.optionalWith(Schema.Literal("stdio"), { exact: true }),
   /** Tool and prompt names become `<prefix>__<name>` (default: the server's name); "" keeps them bare. */
-  prefix: Schema.optional(
+  prefix: Schema.optionalWith(
     Schema.String.pipe(
       Schema.pattern(/^[A-Za-z0-9_-]{0,40}$/, {
         message: () => "a prefix is at most 40 letters, digits, '_' or '-' (or empty for bare names)",
       }),
     ),
+    { exact: true },
   ),
   /** Seconds a request to this server may go without an answer or progress. */
-  timeout: Schema.optional(
+  timeout: Schema.optionalWith(
     Schema.Number.pipe(
       Schema.greaterThan(0, { message: () => "timeout is a number of seconds greater than 0" }),
     ),
+    { exact: true },
   ),
 })
 export type ServerSpec = typeof ServerSpec.Type
@@ -262,10 +264,11 @@ const GatewaySection = Schema.Record({ key: Schema.String, value: Schema.Unknown
 )
 
 export const ServersConfigFile = Schema.Struct({
-  mcpServers: Schema.Record({ key: ServerName, value: ServerSpec }),
-  gateway: Schema.optional(GatewaySection),
+  // Names are checked on their own below: a key failing a Record's key schema reads "is unexpected".
+  mcpServers: Schema.Record({ key: Schema.String, value: ServerSpec }),
+  gateway: Schema.optionalWith(GatewaySection, { exact: true }),
   /** Editors add it; it carries no meaning here. */
-  $schema: Schema.optional(Schema.String),
+  $schema: Schema.optionalWith(Schema.String, { exact: true }),
 })
 export type ServersConfigFile = typeof ServersConfigFile.Type
 
@@ -278,14 +281,28 @@ const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
   path.length === 0 ? "(top level)" : path.map((segment) => String(segment)).join(".")
 
 /** Decode the parsed JSON of servers_config.json; on failure every problem names its field. */
-export const decodeServersConfig = (value: unknown): Either.Either<ServersConfigFile, string> =>
-  Schema.decodeUnknownEither(ServersConfigFile, { errors: "all", onExcessProperty: "error" })(value).pipe(
-    Either.mapLeft((error) =>
-      ParseResult.ArrayFormatter.formatErrorSync(error)
-        .map((issue) => `${formatPath(issue.path)}: ${issue.message}`)
-        .join("\n"),
-    ),
+export const decodeServersConfig = (value: unknown): Either.Either<ServersConfigFile, string> => {
+  const problems: Array<string> = []
+  const decoded = Schema.decodeUnknownEither(ServersConfigFile, { errors: "all", onExcessProperty: "error" })(
+    value,
   )
+  if (Either.isLeft(decoded)) {
+    problems.push(
+      ...ParseResult.ArrayFormatter.formatErrorSync(decoded.left).map(
+        (issue) => `${formatPath(issue.path)}: ${issue.message}`,
+      ),
+    )
+  }
+  const servers =
+    typeof value === "object" && value !== null && "mcpServers" in value ? value.mcpServers : undefined
+  for (const name of typeof servers === "object" && servers !== null ? Object.keys(servers) : []) {
+    const checked = Schema.decodeUnknownEither(ServerName)(name)
+    if (Either.isLeft(checked)) problems.push(`mcpServers.${name}: ${describeIssue(checked.left)}`)
+  }
+  return problems.length > 0 || Either.isLeft(decoded)
+    ? Either.left(problems.join("\n"))
+    : Either.right(decoded.right)
+}
 
 /**
  * Expand `${VAR}` in a server's `env` values from the gateway's environment. A reference to an unset
