@@ -443,9 +443,11 @@ describe("decodeServersConfig", () => {
   })
 
   it("refuses server names with '__' or spaces", () => {
-    expect(left(decodeServersConfig({ mcpServers: { a__b: { command: "x" } } }))).toMatch(/mcpServers\.a__b/)
+    expect(left(decodeServersConfig({ mcpServers: { a__b: { command: "x" } } }))).toMatch(
+      /mcpServers\.a__b: a server name may not contain '__'/,
+    )
     expect(left(decodeServersConfig({ mcpServers: { "my server": { command: "x" } } }))).toMatch(
-      /mcpServers\.my server/,
+      /mcpServers\.my server: a server name must be 1-64 letters, digits/,
     )
     expect(right(decodeServersConfig({ mcpServers: { a_b: { command: "x" } } })).mcpServers.a_b).toBeDefined()
   })
