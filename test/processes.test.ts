@@ -88,6 +88,23 @@ describe("child processes", () => {
   })
 })
 
+describe("when the gateway is killed outright", () => {
+  it("no child survives a SIGKILL of the gateway, even one that ignores SIGTERM", async () => {
+    gateway = await startGateway({
+      servers: { stubborn: node("mini-server.mjs", "ignore-term"), mini: node("mini-server.mjs") },
+    })
+    const { connection, channel } = await openSession(gateway, "")
+    await channel.request("tools", "tools/list")
+    const children = childrenOf(gateway.pid)
+    expect(children).toHaveLength(2)
+    process.kill(gateway.pid, "SIGKILL")
+    await gateway.exited
+    await waitUntil(() => children.every((pid) => !isRunning(pid)), 8000, "the children to be reaped")
+    expect(membersOfGroups(children)).toEqual([])
+    connection.end()
+  })
+})
+
 describe("child environment", () => {
   it("gives the child the safe set and its configured env, not the gateway's secrets or the client's", async () => {
     gateway = await startGateway({

@@ -3,6 +3,7 @@ import { Layer, Logger, LogLevel } from "effect"
 import type { GatewaySettings } from "../domain/config.js"
 import { AuditLive } from "../services/Audit.js"
 import { CatalogLive } from "../services/Catalog.js"
+import { ChildReaperLive } from "../services/ChildReaper.js"
 import { EnrollmentTokensLive } from "../services/EnrollmentTokens.js"
 import { GatewayConfig, type GatewayConfigShape } from "../services/GatewayConfig.js"
 import { HostKeyLive } from "../services/HostKey.js"
@@ -18,6 +19,7 @@ export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
   Layer.provide(Layer.merge(CatalogLive, AuditLive)),
   Layer.provide(UpstreamLive),
+  Layer.provide(ChildReaperLive),
 )
 
 export const GatewayLayer = SshServerLive.pipe(

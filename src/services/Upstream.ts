@@ -21,6 +21,7 @@ import {
 import { LineFramer } from "../domain/lineFramer.js"
 import { isObject } from "../domain/mcp.js"
 import { forEachChunk, writeWithBackpressure } from "../platform/streams.js"
+import { ChildReaper, type ChildReaperShape } from "./ChildReaper.js"
 import type { ChildServer } from "./GatewayConfig.js"
 
 export type ChildMessage = JsonRpcRequest | JsonRpcNotification
@@ -136,12 +137,16 @@ const spawnChild = (server: ChildServer) =>
     child.once("error", onError)
   })
 
-export const startUpstream = (server: ChildServer, options: UpstreamOptions) =>
+export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, options: UpstreamOptions) =>
   Effect.gen(function* () {
     const name = server.name
     const exitedSignal = yield* Deferred.make<UpstreamError>()
-    const child = yield* Effect.acquireRelease(spawnChild(server), (child) =>
-      stopChild(child, exitedSignal, options.stopTimeout),
+    const child = yield* Effect.acquireRelease(
+      spawnChild(server).pipe(Effect.tap((child) => Effect.sync(() => reaper.register(child.pid ?? -1)))),
+      (child) =>
+        stopChild(child, exitedSignal, options.stopTimeout).pipe(
+          Effect.ensuring(Effect.sync(() => reaper.unregister(child.pid ?? -1))),
+        ),
     )
     const pid = child.pid ?? -1
     const log = (effect: Effect.Effect<void>) => effect.pipe(Effect.annotateLogs({ server: name, pid }))
@@ -409,4 +414,9 @@ const stopChild = (child: Child, exited: Deferred.Deferred<UpstreamError>, grace
     }
   })
 
-export const UpstreamLive = Layer.succeed(Upstream, { start: startUpstream })
+export const UpstreamLive = Layer.effect(
+  Upstream,
+  Effect.map(ChildReaper, (reaper) => ({
+    start: (server: ChildServer, options: UpstreamOptions) => startUpstream(reaper, server, options),
+  })),
+)

@@ -25,10 +25,18 @@ export const allProcesses = (): Array<ProcessInfo> =>
     .map((name) => readStat(Number(name)))
     .filter((info): info is ProcessInfo => info !== undefined)
 
-/** Running (not zombie) processes whose parent is `pid`. */
+const commandOf = (pid: number): string => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] ?? ""
+  } catch {
+    return ""
+  }
+}
+
+/** Running (not zombie) processes whose parent is `pid`; the gateway's guard process is not counted. */
 export const childrenOf = (pid: number): Array<number> =>
   allProcesses()
-    .filter((info) => info.ppid === pid && info.state !== "Z")
+    .filter((info) => info.ppid === pid && info.state !== "Z" && commandOf(info.pid) !== "mcp-ssh-reaper")
     .map((info) => info.pid)
 
 /** Is the process running (a zombie counts as gone)? */

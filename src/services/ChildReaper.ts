@@ -1,0 +1,79 @@
+/**
+ * The guard that no child outlives the gateway, even when the gateway is killed with SIGKILL and
+ * runs no finalizer. A small shell process, in its own process group, is told the process group of
+ * every running child; when its input closes (the gateway ended, however it ended) it sends SIGTERM,
+ * then SIGKILL, to the groups still on its list. A normal shutdown stops every child first, so the
+ * list is empty by then.
+ */
+import { type ChildProcessByStdio, spawn } from "node:child_process"
+import type { Readable, Writable } from "node:stream"
+import { Context, Effect, Layer } from "effect"
+
+export interface ChildReaperShape {
+  /** This process group must not outlive the gateway. */
+  readonly register: (processGroup: number) => void
+  /** It has been stopped: forget it (its number may be reused). */
+  readonly unregister: (processGroup: number) => void
+}
+
+export class ChildReaper extends Context.Tag("mcp-ssh/ChildReaper")<ChildReaper, ChildReaperShape>() {}
+
+/**
+ * POSIX sh: `+PGID` adds a group, `-PGID` removes it; at end of input the rest get SIGTERM, then
+ * SIGKILL two seconds later. (dash's `kill` takes no `--`: a negative pid follows the signal.)
+ */
+export const reaperScript = `
+groups=" "
+while IFS= read -r line; do
+  case "$line" in
+    +*) groups="$groups\${line#+} " ;;
+    -*) groups=$(printf '%s' "$groups" | sed "s/ \${line#-} / /") ;;
+  esac
+done
+case "$groups" in
+  *[0-9]*)
+    for g in $groups; do kill -TERM "-$g" 2>/dev/null; done
+    sleep 2
+    for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
+    ;;
+esac
+`
+
+export const reaperName = "mcp-ssh-reaper"
+
+type Watchdog = ChildProcessByStdio<Writable, null, Readable>
+
+export const ChildReaperLive = Layer.scoped(
+  ChildReaper,
+  Effect.gen(function* () {
+    const watchdog = yield* Effect.acquireRelease(
+      Effect.sync(
+        (): Watchdog =>
+          spawn("/bin/sh", ["-c", reaperScript], {
+            stdio: ["pipe", "ignore", "pipe"],
+            // Named so `ps` says what it is.
+            argv0: reaperName,
+            // Its own group: a Ctrl-C meant for the gateway must not take the guard down first.
+            detached: true,
+            env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+          }),
+      ),
+      // Closing its input on a normal shutdown lets it exit; children are already stopped then.
+      (watchdog) => Effect.sync(() => watchdog.stdin.end()),
+    )
+    watchdog.stdin.on("error", () => {})
+    watchdog.on("error", () => {})
+    // It must not keep the gateway's event loop alive.
+    watchdog.unref()
+    const tell = (line: string) => {
+      if (!watchdog.stdin.destroyed && !watchdog.stdin.writableEnded) watchdog.stdin.write(`${line}\n`)
+    }
+    return {
+      register: (processGroup) => tell(`+${processGroup}`),
+      unregister: (processGroup) => tell(`-${processGroup}`),
+    }
+  }),
+)
+
+/** For tests that spawn children without a gateway to guard. */
+export const ChildReaperNone = Layer.succeed(ChildReaper, { register: () => {}, unregister: () => {} })
