@@ -5,8 +5,11 @@ export const { utils, Server: Ssh2Server, Client: Ssh2Client } = ssh2
 export type {
   Algorithms,
   AuthContext,
+  ClientChannel,
+  ConnectConfig,
   Connection,
   ParsedKey,
   ServerChannel,
+  ServerHostKeyAlgorithm,
   Session,
 } from "ssh2"

@@ -1,6 +1,6 @@
 /** Effect wrappers for Node streams: writes that respect backpressure, reads that pull on demand. */
 import type { Readable, Writable } from "node:stream"
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 
 export class StreamClosed {
   readonly _tag = "StreamClosed"
