@@ -117,6 +117,8 @@ const connect = (target: SessionTarget, tracker: EndTracker) => {
     }
     try {
       client.connect(config)
+      // ssh2 leaves Nagle on; small JSON-RPC messages would wait for ACKs (tens of ms in handshakes).
+      client.setNoDelay(true)
     } catch (error) {
       refuse(
         new ConnectError({ target: where, reason: error instanceof Error ? error.message : String(error) }),
