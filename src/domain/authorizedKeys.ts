@@ -36,8 +36,11 @@ export const fingerprintOf = (blob: Uint8Array): string =>
 export const isAllowedKeyType = (type: string): type is AllowedKeyType =>
   (allowedKeyTypes as ReadonlyArray<string>).includes(type)
 
-/** Read the SSH wire-format strings of a key blob (RFC 4253 section 6.6). */
-const readStrings = (blob: Buffer, count: number): Array<Buffer> | undefined => {
+/**
+ * Read the SSH wire-format strings of a key blob (RFC 4253 section 6.6); undefined when truncated,
+ * or, with `exact`, when bytes are left over.
+ */
+export const readStrings = (blob: Buffer, count: number, exact = false): Array<Buffer> | undefined => {
   const out: Array<Buffer> = []
   let offset = 0
   for (let i = 0; i < count; i++) {
@@ -48,7 +51,7 @@ const readStrings = (blob: Buffer, count: number): Array<Buffer> | undefined => 
     out.push(blob.subarray(offset, offset + length))
     offset += length
   }
-  return out
+  return exact && offset !== blob.length ? undefined : out
 }
 
 const rsaModulusBits = (modulus: Buffer): number => {

@@ -9,6 +9,7 @@ import {
   isAllowedKeyType,
   type KeyProblem,
   type PublicKey,
+  readStrings,
 } from "./authorizedKeys.js"
 
 export const maxCommentLength = 256
@@ -28,19 +29,8 @@ const base64Pattern = /^[A-Za-z0-9+/]+={0,2}$/
 const fieldCount = (type: AllowedKeyType): number => (type === "ssh-ed25519" ? 2 : 3)
 
 /** The SSH wire strings of a blob, or undefined when it is truncated or has bytes left over. */
-const exactStrings = (blob: Buffer, count: number): Array<Buffer> | undefined => {
-  const out: Array<Buffer> = []
-  let offset = 0
-  for (let i = 0; i < count; i++) {
-    if (offset + 4 > blob.length) return undefined
-    const length = blob.readUInt32BE(offset)
-    offset += 4
-    if (offset + length > blob.length) return undefined
-    out.push(blob.subarray(offset, offset + length))
-    offset += length
-  }
-  return offset === blob.length ? out : undefined
-}
+const exactStrings = (blob: Buffer, count: number): Array<Buffer> | undefined =>
+  readStrings(blob, count, true)
 
 /** A short, printable rendering of untrusted text for an error message. */
 const shown = (text: string): string => {
