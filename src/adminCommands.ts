@@ -9,7 +9,7 @@ import { text as readAll } from "node:stream/consumers"
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option } from "effect"
 import { isAllowedKeyType, isKeyProblem } from "./domain/authorizedKeys.js"
-import type { StoredKey } from "./domain/authorizedKeysFile.js"
+import { keyListing } from "./domain/authorizedKeysFile.js"
 import { checkUses, defaultTtl, parseTtl } from "./domain/enrollmentTokens.js"
 import { ConfigError } from "./domain/errors.js"
 import { validateSubmittedKey } from "./domain/submittedKey.js"
@@ -78,15 +78,6 @@ const withStore = <E>(
     Effect.provide(keyAdminLogger),
   )
 
-const keyRow = (key: StoredKey) => ({
-  fingerprint: key.fingerprint,
-  type: key.type,
-  comment: key.comment,
-  added_at: key.addedAt ?? null,
-  source: key.source ?? null,
-  options: key.options ?? null,
-})
-
 const listCommand = Command.make(
   "list",
   { ...storeOptions, json: Options.boolean("json").pipe(Options.withDescription("print JSON")) },
@@ -96,7 +87,7 @@ const listCommand = Command.make(
       Effect.gen(function* () {
         const store = yield* KeyStore
         const keys = yield* store.list
-        if (options.json) return yield* Console.log(JSON.stringify({ keys: keys.map(keyRow) }, null, 2))
+        if (options.json) return yield* Console.log(JSON.stringify({ keys: keys.map(keyListing) }, null, 2))
         if (keys.length === 0) return yield* Console.log(`no keys in ${store.path}`)
         const rows = keys.map((key) => [
           key.fingerprint,

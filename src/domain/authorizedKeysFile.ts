@@ -21,6 +21,16 @@ export interface StoredKey extends AuthorizedKey {
   readonly source: string | undefined
 }
 
+/** How a stored key is shown to an admin, by the key API and by `keys list --json` alike. */
+export const keyListing = (key: StoredKey) => ({
+  fingerprint: key.fingerprint,
+  type: key.type,
+  comment: key.comment,
+  added_at: key.addedAt ?? null,
+  source: key.source ?? null,
+  options: key.options ?? null,
+})
+
 const metadataPrefix = "# mcp-ssh "
 
 export const metadataLine = (fingerprint: string, metadata: KeyMetadata): string =>

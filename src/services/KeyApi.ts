@@ -4,11 +4,13 @@
  * enrollment token unless it was opened on loopback, every request is size- and rate-limited, and
  * admin endpoints behind a token list and revoke keys and create enrollment tokens.
  */
+
 import { createServer } from "node:http"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Clock, Context, Data, Effect, Either, Layer, Option } from "effect"
 import { isKeyProblem, type PublicKey } from "../domain/authorizedKeys.js"
+import { keyListing } from "../domain/authorizedKeysFile.js"
 import { checkUses, defaultTtl, parseTtl, secretsEqual } from "../domain/enrollmentTokens.js"
 import { ListenError, type StoreError } from "../domain/errors.js"
 import { bearerToken, isLoopbackHost, maxBodyBytes, openApiDocument } from "../domain/keyApi.js"
@@ -238,14 +240,7 @@ export const KeyApiLive = Layer.scoped(
       yield* requireAdmin
       const keys = yield* keyStore.list
       return respond(200, {
-        keys: keys.map((key) => ({
-          fingerprint: key.fingerprint,
-          type: key.type,
-          comment: key.comment,
-          added_at: key.addedAt ?? null,
-          source: key.source ?? null,
-          options: key.options ?? null,
-        })),
+        keys: keys.map(keyListing),
       })
     })
 
