@@ -184,3 +184,29 @@ describe("connection limits", () => {
     extra.destroy()
   })
 })
+
+describe("the total cap on unauthenticated connections", () => {
+  let gateway: RunningGateway
+  beforeAll(async () => {
+    gateway = await startGateway({ flags: ["--max-startups", "2", "--max-startups-per-source", "10"] })
+  })
+  afterAll(() => disposeGateway(gateway))
+
+  it("refuses connections beyond --max-startups, and admits again once one authenticates", async () => {
+    const held = await Promise.all([1, 2].map(() => openSocket(gateway.port)))
+    const extra = await openSocket(gateway.port)
+    expect(await closedAfter(extra)).toBeLessThan(500)
+    await gateway.waitForLog(/refused connection: 2 unauthenticated connections/)
+    for (const socket of held) socket.destroy()
+    // Once the held ones are gone, a client can log in again.
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const connection = await connect(gateway).catch(() => undefined)
+      if (connection !== undefined) {
+        connection.end()
+        return
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    throw new Error("no login was admitted after the held connections closed")
+  })
+})
