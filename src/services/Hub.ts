@@ -54,7 +54,7 @@ import { exposedName } from "../domain/naming.js"
 import { templateMatcher } from "../domain/uriTemplate.js"
 import { version } from "../version.js"
 import { Audit } from "./Audit.js"
-import { Catalog } from "./Catalog.js"
+import { Catalog, listAll } from "./Catalog.js"
 import {
   type ChildState,
   type ClientHandshake,
@@ -676,29 +676,24 @@ export const HubLive = Layer.effect(
             (child) => {
               const ready = readyOf(child)
               if (ready === undefined) return Effect.void
-              return Effect.gen(function* () {
-                let cursor: string | undefined
-                for (let page = 0; page < 1000; page++) {
-                  const response = yield* ready.connection.request({
-                    jsonrpc: "2.0",
-                    id: "refresh",
-                    method,
-                    ...(cursor === undefined ? {} : { params: { cursor } }),
-                  })
-                  const result = response.result
-                  if (!isObject(result)) return
-                  const items = result[mergedLists[method].items]
-                  yield* transformPage(method, child, Array.isArray(items) ? items : [])
-                  cursor =
-                    typeof result.nextCursor === "string" && result.nextCursor !== ""
-                      ? result.nextCursor
-                      : undefined
-                  if (cursor === undefined) return
-                }
-              }).pipe(Effect.ignore)
+              return listAll(ready.connection, method, mergedLists[method].items).pipe(
+                Effect.flatMap((items) => transformPage(method, child, items)),
+                Effect.ignore,
+              )
             },
             { discard: true, concurrency: "unbounded" },
           )
+
+        /** Remember the level (restarted children get it too) and send it to every child that logs. */
+        const setLevel = (request: JsonRpcRequest) =>
+          Effect.suspend(() => {
+            logLevel = stringParam(request.params, "level")
+            return Effect.forEach(
+              children.filter((child) => hasCapability(child, "logging")),
+              (child) => forward(child.server.name, request),
+              { concurrency: "unbounded", discard: true },
+            )
+          })
 
         const lookupName = (kind: "tool" | "prompt", exposed: string) =>
           Effect.gen(function* () {
@@ -913,18 +908,12 @@ export const HubLive = Layer.effect(
               clientInfo: envelope.clientInfo ?? unknownClient,
             })
             if (envelope.logLevel !== undefined && envelope.logLevel !== logLevel) {
-              logLevel = envelope.logLevel
-              yield* Effect.forEach(
-                children.filter((child) => hasCapability(child, "logging")),
-                (child) =>
-                  forward(child.server.name, {
-                    jsonrpc: "2.0",
-                    id: "set-level",
-                    method: "logging/setLevel",
-                    params: { level: envelope.logLevel },
-                  }),
-                { concurrency: "unbounded", discard: true },
-              )
+              yield* setLevel({
+                jsonrpc: "2.0",
+                id: "set-level",
+                method: "logging/setLevel",
+                params: { level: envelope.logLevel },
+              })
             }
             if (request.method !== "server/discover") {
               modernServed = true
@@ -1014,12 +1003,7 @@ export const HubLive = Layer.effect(
                 return invalidParams(request.id, "Invalid params: ref must name a prompt or a resource")
               }
               case "logging/setLevel": {
-                logLevel = stringParam(params, "level")
-                yield* Effect.forEach(
-                  children.filter((child) => hasCapability(child, "logging")),
-                  (child) => forward(child.server.name, request),
-                  { concurrency: "unbounded", discard: true },
-                )
+                yield* setLevel(request)
                 return { response: ok(request.id, {}) }
               }
               case "tasks/get":
