@@ -149,11 +149,6 @@ export const errorResponse = (id: JsonRpcId | null, error: JsonRpcErrorObject): 
   error,
 })
 
-export const withId = <M extends JsonRpcRequest | JsonRpcResponse>(message: M, id: JsonRpcId): M => ({
-  ...message,
-  id,
-})
-
 const topLevelTrailingId = /"id"\s*:\s*(-?\d+(?:\.\d+)?|"(?:[^"\\]|\\.)*")\s*\}\s*$/
 const topLevelLeadingId =
   /^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d+(?:\.\d+)?|"(?:[^"\\]|\\.)*")\s*,/

@@ -10,8 +10,6 @@ export const maxNameLength = 64
 export const separator = "__"
 const validName = /^[a-zA-Z0-9_-]{1,64}$/
 
-export const isValidToolName = (name: string): boolean => validName.test(name)
-
 const shortHash = (text: string): string => createHash("sha256").update(text).digest("hex").slice(0, 8)
 
 export const exposedName = (server: string, prefix: string | undefined, name: string): string => {

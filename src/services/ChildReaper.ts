@@ -74,6 +74,3 @@ export const ChildReaperLive = Layer.scoped(
     }
   }),
 )
-
-/** For tests that spawn children without a gateway to guard. */
-export const ChildReaperNone = Layer.succeed(ChildReaper, { register: () => {}, unregister: () => {} })

@@ -5,7 +5,7 @@
 import { access, readFile } from "node:fs/promises"
 import { homedir } from "node:os"
 import { dirname, resolve } from "node:path"
-import { Config, Context, Effect, Either, Layer, Option } from "effect"
+import { Config, Context, Effect, Either, Option } from "effect"
 import {
   childEnvironment,
   decodeServersConfig,
@@ -194,8 +194,3 @@ const indent = (text: string): string =>
     .split("\n")
     .map((line) => `  ${line}`)
     .join("\n")
-
-export const layerGatewayConfig = (
-  flags: FlagValues,
-  environment: Readonly<Record<string, string | undefined>>,
-) => Layer.effect(GatewayConfig, loadGatewayConfig(flags, environment))
