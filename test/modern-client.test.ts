@@ -47,17 +47,6 @@ describe("the MCP SDK client pinned to 2026-07-28, through OpenSSH ssh -T", () =
       role: "assistant",
       content: { type: "text", text: "sampled through input_required" },
     }))
-    client.setRequestHandler("elicitation/create", async () => ({
-      action: "accept",
-      content: {
-        name: "Grace",
-        check: true,
-        color: "red",
-        email: "g@example.com",
-        integer: 3,
-        untitledSingleSelectEnum: "option1",
-      },
-    }))
     client.setRequestHandler("roots/list", async () => ({
       roots: [{ uri: "file:///srv/modern", name: "modern" }],
     }))
