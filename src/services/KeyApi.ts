@@ -6,8 +6,11 @@
  */
 
 import { createServer } from "node:http"
-import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+// Subpath imports: the packages' indexes also load the API-docs bundles (about 20 MB of strings).
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Clock, Context, Data, Effect, Either, Layer, Option } from "effect"
 import { isKeyProblem, type PublicKey } from "../domain/authorizedKeys.js"
 import { keyListing } from "../domain/authorizedKeysFile.js"
