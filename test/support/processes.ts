@@ -58,3 +58,20 @@ export const waitUntil = async (condition: () => boolean, timeoutMs = 10_000, wh
     await new Promise((resolve) => setTimeout(resolve, 25))
   }
 }
+
+/** How many file descriptors the process holds open now. */
+export const openDescriptorCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length
+
+/**
+ * Wait until the process holds no more descriptors than it did at `baseline` (sockets and pipes of
+ * closed connections are released a little after the peer sees the close).
+ */
+export const waitForDescriptorsBackTo = (pid: number, baseline: number, timeoutMs = 10_000) =>
+  waitUntil(() => openDescriptorCount(pid) <= baseline, timeoutMs, `descriptors of ${pid} back to ${baseline}`)
+
+/** A field of /proc/PID/status in KiB: VmRSS (resident now) or VmHWM (peak since start). */
+export const memoryKiB = (pid: number, field: "VmRSS" | "VmHWM"): number => {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+  if (match === null) throw new Error(`no ${field} for process ${pid}`)
+  return Number(match[1])
+}
