@@ -3,7 +3,7 @@
  * names collide is refused before anyone connects.
  */
 import { spawn } from "node:child_process"
-import { writeFileSync } from "node:fs"
+import { rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
@@ -118,6 +118,7 @@ describe("names that collide", () => {
       stderr += chunk.toString()
     })
     const code = await new Promise<number | null>((resolve) => child.once("exit", resolve))
+    rmSync(dir, { recursive: true, force: true })
     expect(code).not.toBe(0)
     expect(stderr).toMatch(/merged names collide/)
     expect(stderr).toMatch(/'echo': tool 'echo' of server 'first' and tool 'echo' of server 'second'/)

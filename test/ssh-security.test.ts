@@ -3,7 +3,7 @@
  * raw TCP sockets.
  */
 import { randomBytes } from "node:crypto"
-import { readFileSync, writeFileSync } from "node:fs"
+import { readFileSync, rmSync, writeFileSync } from "node:fs"
 import { type Socket, connect as tcpConnect } from "node:net"
 import ssh2, { type ParsedKey } from "ssh2"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -61,7 +61,10 @@ describe("authentication", () => {
       flags: ["--max-auth-tries", "3"],
     })
   })
-  afterAll(() => disposeGateway(gateway))
+  afterAll(async () => {
+    await disposeGateway(gateway)
+    rmSync(keys, { recursive: true, force: true })
+  })
 
   it("lets in the authorized key, whatever the username", async () => {
     const connection = await connect(gateway, { username: "anyone-at-all" })

@@ -151,12 +151,21 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
       watchers.add(check)
       check()
     })
-  const listening = await waitForLog(/SSH server listening on/)
-  const port = Number(/listening on .*:(\d+)/.exec(listening)?.[1])
-  const keyApiUrl =
-    options.keyApi === true
-      ? /key API listening on (http:\/\/\S+)/.exec(await waitForLog(/key API listening on/))?.[1]
-      : undefined
+  const ready = async () => {
+    const listening = await waitForLog(/SSH server listening on/)
+    const keyApiUrl =
+      options.keyApi === true
+        ? /key API listening on (http:\/\/\S+)/.exec(await waitForLog(/key API listening on/))?.[1]
+        : undefined
+    return { port: Number(/listening on .*:(\d+)/.exec(listening)?.[1]), keyApiUrl }
+  }
+  const { port, keyApiUrl } = await ready().catch(async (error: unknown) => {
+    // A gateway that did not come up leaves neither a process nor its directory behind.
+    child.kill("SIGKILL")
+    await exited
+    await rm(dir, { recursive: true, force: true })
+    throw error
+  })
   return {
     dir,
     port,
