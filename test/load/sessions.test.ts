@@ -2,6 +2,8 @@
  * Load: 200 concurrent SSH sessions calling tools for 30 s while one server's children crash every few
  * seconds. Runs on its own (`vitest.load.config.ts`) so that it does not slow the other suites' timing.
  */
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   disposeGateway,
@@ -150,6 +152,12 @@ const inBatches = async <A, B>(items: ReadonlyArray<A>, limit: number, work: (it
 
 let gateway: RunningGateway
 
+/** What must survive any load untouched: the keys, the host key and the config. */
+const readFiles = (running: RunningGateway) =>
+  [running.authorizedKeysPath, running.hostKeyPath, join(running.dir, "servers_config.json")].map((path) =>
+    readFileSync(path, "utf8"),
+  )
+
 /** Collect the gateway's garbage and read its memory (test/support/memory-probe.cjs), in MiB. */
 const probeMemory = async () => {
   const probesBefore = gateway.log().match(/memory-probe /g)?.length ?? 0
@@ -186,6 +194,7 @@ describe(`${sessionCount} concurrent sessions for ${callingMillis / 1000} s`, ()
       "the warm-up session's children to end",
     )
     const baseline = await probeMemory()
+    const filesBefore = readFiles(gateway)
     const baselineDescriptors = openDescriptorCount(gateway.pid)
 
     const labels = Array.from({ length: sessionCount }, (_, index) => index)
@@ -244,6 +253,7 @@ describe(`${sessionCount} concurrent sessions for ${callingMillis / 1000} s`, ()
     for (const reason of new Set(tally.flakyErrors)) expect(reason).toMatch(/flaky/)
     expect(tally.flakyAnswered).toBeGreaterThan(0)
     expect(gateway.process.exitCode).toBeNull()
+    expect(readFiles(gateway)).toEqual(filesBefore)
     // Nothing of the sessions stays reachable, and the process gives most of its peak back.
     expect(after.heapUsed - baseline.heapUsed).toBeLessThan(8)
     expect(after.rss - baseline.rss).toBeLessThan(64)
