@@ -67,7 +67,11 @@ export const openDescriptorCount = (pid: number): number => readdirSync(`/proc/$
  * closed connections are released a little after the peer sees the close).
  */
 export const waitForDescriptorsBackTo = (pid: number, baseline: number, timeoutMs = 10_000) =>
-  waitUntil(() => openDescriptorCount(pid) <= baseline, timeoutMs, `descriptors of ${pid} back to ${baseline}`)
+  waitUntil(
+    () => openDescriptorCount(pid) <= baseline,
+    timeoutMs,
+    `descriptors of ${pid} back to ${baseline}`,
+  )
 
 /** A field of /proc/PID/status in KiB: VmRSS (resident now) or VmHWM (peak since start). */
 export const memoryKiB = (pid: number, field: "VmRSS" | "VmHWM"): number => {
