@@ -95,3 +95,24 @@ export const forEachChunk = <E, R>(
   )
   return loop
 }
+
+/** Completes at once while the stream's buffer has room, else at its next 'drain' (or when it closes). */
+export const whenDrained = (stream: Writable): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (!stream.writableNeedDrain || stream.destroyed) return Effect.void
+    return Effect.async<void>((resume) => {
+      const done = () => {
+        cleanup()
+        resume(Effect.void)
+      }
+      const cleanup = () => {
+        stream.off("drain", done)
+        stream.off("close", done)
+        stream.off("error", done)
+      }
+      stream.once("drain", done)
+      stream.once("close", done)
+      stream.once("error", done)
+      return Effect.sync(cleanup)
+    })
+  })

@@ -2,8 +2,9 @@
  * The guard that no child outlives the gateway, even when the gateway is killed with SIGKILL and
  * runs no finalizer. A small shell process, in its own process group, is told the process group of
  * every running child; when its input closes (the gateway ended, however it ended) it sends SIGTERM,
- * then SIGKILL, to the groups still on its list. A normal shutdown stops every child first, so the
- * list is empty by then.
+ * then SIGKILL, to the groups still on its list, and to every process below their leaders in the
+ * process tree (what a child moved out of its group with setsid). A normal shutdown stops every child
+ * first, so the list is empty by then.
  */
 import { type ChildProcessByStdio, spawn } from "node:child_process"
 import type { Readable, Writable } from "node:stream"
@@ -20,7 +21,9 @@ export class ChildReaper extends Context.Tag("mcp-ssh/ChildReaper")<ChildReaper,
 
 /**
  * POSIX sh: `+PGID` adds a group, `-PGID` removes it; at end of input the rest get SIGTERM, then
- * SIGKILL two seconds later. (dash's `kill` takes no `--`: a negative pid follows the signal.)
+ * SIGKILL two seconds later. (dash's `kill` takes no `--`: a negative pid follows the signal.) The
+ * processes below each group's leader are listed first, from Linux's /proc/PID/task/TID/children:
+ * once a leader dies, what it started belongs to init and nothing links it to the gateway.
  */
 export const reaperScript = `
 groups=" "
@@ -30,11 +33,18 @@ while IFS= read -r line; do
     -*) groups=$(printf '%s' "$groups" | sed "s/ \${line#-} / /") ;;
   esac
 done
+descendants() {
+  for c in $(cat /proc/$1/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done
+}
 case "$groups" in
   *[0-9]*)
+    strays=""
+    for g in $groups; do strays="$strays $(descendants "$g")"; done
     for g in $groups; do kill -TERM "-$g" 2>/dev/null; done
+    for p in $strays; do kill -TERM "$p" 2>/dev/null; done
     sleep 2
     for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
+    for p in $strays; do kill -KILL "$p" 2>/dev/null; done
     ;;
 esac
 `

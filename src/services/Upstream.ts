@@ -1,12 +1,14 @@
 /**
  * One child MCP server over stdio, as a scoped resource. The child runs in its own process group;
- * releasing it closes stdin, then SIGTERMs and finally SIGKILLs the whole group, so nothing it
- * started outlives it. Requests get gateway-assigned ids, a deadline that progress extends, and a
- * notifications/cancelled to the child when the caller gives up.
+ * releasing it closes stdin, then SIGTERMs and finally SIGKILLs the whole group, and the processes it
+ * moved out of the group, so nothing it started outlives it. Requests get gateway-assigned ids, a
+ * deadline that progress extends, and a notifications/cancelled to the child when the caller gives up.
+ * Its stdout is read only as fast as the session's client takes the output, and its stderr reaches
+ * the log within a budget.
  */
 import { type ChildProcessByStdio, spawn } from "node:child_process"
 import type { Readable, Writable } from "node:stream"
-import { Context, Deferred, Duration, Effect, Exit, Layer, type Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, FiberRef, Layer, type Scope } from "effect"
 import { UpstreamError } from "../domain/errors.js"
 import {
   classifyLine,
@@ -18,8 +20,17 @@ import {
   type JsonRpcResponse,
   recoverId,
 } from "../domain/jsonRpc.js"
-import { LineFramer } from "../domain/lineFramer.js"
+import { type Frame, LineFramer } from "../domain/lineFramer.js"
+import {
+  admit,
+  freshLogBudget,
+  type LogBudgetPolicy,
+  readPause,
+  rollOver,
+  untilWindowEnds,
+} from "../domain/logBudget.js"
 import { isObject } from "../domain/mcp.js"
+import { descendantsOf, isAlive, type ProcessHandle } from "../platform/processTree.js"
 import { forEachChunk, writeWithBackpressure } from "../platform/streams.js"
 import { ChildReaper, type ChildReaperShape } from "./ChildReaper.js"
 import type { ChildServer } from "./GatewayConfig.js"
@@ -68,6 +79,29 @@ export class Upstream extends Context.Tag("mcp-ssh/Upstream")<
     ) => Effect.Effect<UpstreamConnection, UpstreamError, Scope.Scope>
   }
 >() {}
+
+/**
+ * Waited on before each further chunk of a child's stdout is read. A session sets it (for the
+ * children it starts) to wait while its client's channel is full, so a client that stops reading
+ * stops its children's output too, answers included: their stdout pipes fill and their writes block,
+ * and the gateway's memory does not grow.
+ */
+export const outputReady: FiberRef.FiberRef<Effect.Effect<void>> = FiberRef.unsafeMake<Effect.Effect<void>>(
+  Effect.void,
+)
+
+/** A child's stderr in the log: 100 lines a second (the rest counted), and at most 4 MiB a second read. */
+const stderrPolicy: LogBudgetPolicy = { maxLines: 100, maxBytes: 4 * 1024 * 1024, windowMillis: 1000 }
+/** Longer stderr lines are logged cut, with their size. */
+const maxLoggedStderrChars = 2048
+
+const describeStderr = (frame: Frame): string => {
+  if (frame._tag === "Oversized") return `${frame.head.slice(0, 200)}... [${frame.size} bytes of stderr]`
+  const bytes = frame.bytes
+  if (bytes.length <= maxLoggedStderrChars) return Buffer.from(bytes).toString("utf8")
+  const head = Buffer.from(bytes.buffer, bytes.byteOffset, maxLoggedStderrChars).toString("utf8")
+  return `${head}... [${bytes.length} bytes]`
+}
 
 type Child = ChildProcessByStdio<Writable, Readable, Readable>
 
@@ -145,7 +179,15 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
       spawnChild(server).pipe(Effect.tap((child) => Effect.sync(() => reaper.register(child.pid ?? -1)))),
       (child) =>
         stopChild(child, exitedSignal, options.stopTimeout).pipe(
-          Effect.ensuring(Effect.sync(() => reaper.unregister(child.pid ?? -1))),
+          Effect.ensuring(
+            Effect.sync(() => {
+              reaper.unregister(child.pid ?? -1)
+              // A process that escaped the stop may still hold the pipes' other ends: ours close now.
+              child.stdin.destroy()
+              child.stdout.destroy()
+              child.stderr.destroy()
+            }),
+          ),
         ),
     )
     const pid = child.pid ?? -1
@@ -246,21 +288,61 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
       )
     }
 
+    const scope = yield* Effect.scope
     const stderrFramer = new LineFramer(64 * 1024)
-    yield* forEachChunk(child.stderr, (chunk) =>
-      Effect.forEach(
-        stderrFramer.push(chunk),
-        (frame) =>
-          log(
-            Effect.logInfo(
-              frame._tag === "Line"
-                ? Buffer.from(frame.bytes).toString("utf8")
-                : `${frame.head.slice(0, 200)}... [${frame.size} bytes of stderr]`,
+    let stderrBudget = freshLogBudget(Date.now())
+    let reportPending = false
+    const reportSuppressed = (count: number) =>
+      count === 0
+        ? Effect.void
+        : log(
+            Effect.logWarning(
+              `suppressed ${count} lines of stderr from server '${name}' (over ${stderrPolicy.maxLines} a second)`,
             ),
-          ),
-        { discard: true },
-      ),
-    ).pipe(Effect.forkScoped)
+          )
+    /** Report what the window held back once it has ended. */
+    const rollOverStderr = Effect.suspend(() => {
+      const rolled = rollOver(stderrBudget, stderrPolicy, Date.now())
+      stderrBudget = rolled.budget
+      return reportSuppressed(rolled.suppressed)
+    })
+    // Held-back lines are reported when their window ends, even if the child falls silent then.
+    const scheduleReport = Effect.suspend(() => {
+      if (reportPending) return Effect.void
+      reportPending = true
+      const delay = Duration.millis(untilWindowEnds(stderrBudget, stderrPolicy, Date.now()) + 5)
+      return Effect.sleep(delay).pipe(
+        Effect.zipRight(
+          Effect.suspend(() => {
+            reportPending = false
+            return rollOverStderr
+          }),
+        ),
+        Effect.forkIn(scope),
+        Effect.asVoid,
+      )
+    })
+    yield* Effect.addFinalizer(() => Effect.suspend(() => reportSuppressed(stderrBudget.suppressed)))
+    const logStderr = (chunk: Buffer) =>
+      Effect.zipRight(
+        rollOverStderr,
+        Effect.suspend(() => {
+          const frames = stderrFramer.push(chunk)
+          const admitted = admit(stderrBudget, stderrPolicy, chunk.length, frames.length)
+          stderrBudget = admitted.budget
+          const pause = readPause(stderrBudget, stderrPolicy, Date.now())
+          return Effect.forEach(
+            frames.slice(0, admitted.logged),
+            (frame) => log(Effect.logInfo(describeStderr(frame))),
+            { discard: true },
+          ).pipe(
+            Effect.zipRight(admitted.logged < frames.length ? scheduleReport : Effect.void),
+            // A child writing faster than the budget waits on its full stderr pipe.
+            Effect.zipRight(pause > 0 ? Effect.sleep(Duration.millis(pause)) : Effect.void),
+          )
+        }),
+      )
+    yield* forEachChunk(child.stderr, logStderr).pipe(Effect.forkScoped)
 
     const write = (message: JsonObject) =>
       writeWithBackpressure(child.stdin, encodeMessage(message as JsonRpcNotification)).pipe(
@@ -364,7 +446,9 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
     }
 
     // One reader hands every message on in the order the child wrote it: a notification the child
-    // sent before a response reaches the client before that response.
+    // sent before a response reaches the client before that response. It reads on only when the
+    // client can take more.
+    const ready = yield* FiberRef.get(outputReady)
     yield* forEachChunk(child.stdout, (chunk) =>
       Effect.forEach(
         framer.push(chunk),
@@ -373,7 +457,7 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
             ? handleLine(frame.bytes)
             : handleOversized(frame.size, frame.head, frame.tail),
         { discard: true },
-      ),
+      ).pipe(Effect.zipRight(ready)),
     ).pipe(Effect.zipRight(Deferred.succeed(outputEnded, undefined)), Effect.forkScoped)
     // The child is gone once it has exited and its output is read (answers still in the pipe are
     // delivered first), or shortly after exiting if something it started holds its stdout open.
@@ -386,31 +470,60 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
     return connection
   })
 
-/** Close stdin, then SIGTERM, then SIGKILL the child's process group, waiting `grace` between steps. */
+/**
+ * Close stdin, then SIGTERM, then SIGKILL the child's process group, waiting `grace` between steps.
+ * Processes the child moved out of its group (setsid) get the same signals: they are found below it
+ * in the process tree while it still runs (once it exits, they are orphans nothing links to it).
+ */
 const stopChild = (child: Child, exited: Deferred.Deferred<UpstreamError>, grace: Duration.Duration) =>
   Effect.gen(function* () {
     const pid = child.pid
     if (pid === undefined) return
     // Finalizers run uninterruptibly, and a timeout cannot cut short an uninterruptible wait.
     const waitExit = Deferred.await(exited).pipe(Effect.interruptible, Effect.timeout(grace), Effect.option)
-    const groupAlive = Effect.sync(() => signalGroup(pid, 0))
-    const waitGroupGone = Effect.gen(function* () {
-      const until = Date.now() + Duration.toMillis(grace)
-      while ((yield* groupAlive) && Date.now() < until) yield* Effect.sleep(Duration.millis(20))
+    const escaped = new Map<number, ProcessHandle>()
+    const noteEscaped = Effect.sync(() => {
+      for (const found of descendantsOf(pid)) {
+        if (found.processGroup !== pid) escaped.set(found.pid, found)
+      }
     })
+    const escapedAlive = () => [...escaped.values()].filter(isAlive)
+    const signalAll = (signal: NodeJS.Signals) =>
+      Effect.sync(() => {
+        signalGroup(pid, signal)
+        for (const { pid: stray } of escapedAlive()) {
+          try {
+            process.kill(stray, signal)
+          } catch {
+            // Gone meanwhile.
+          }
+        }
+      })
+    const anyAlive = Effect.sync(() => signalGroup(pid, 0) || escapedAlive().length > 0)
+    const waitAllGone = Effect.gen(function* () {
+      const until = Date.now() + Duration.toMillis(grace)
+      while ((yield* anyAlive) && Date.now() < until) yield* Effect.sleep(Duration.millis(20))
+    })
+    yield* noteEscaped
     child.stdin.end()
     yield* waitExit
-    if (yield* groupAlive) {
-      signalGroup(pid, "SIGTERM")
+    if (yield* anyAlive) {
+      yield* noteEscaped
+      yield* signalAll("SIGTERM")
       yield* waitExit
-      yield* waitGroupGone
+      yield* waitAllGone
     }
-    if (yield* groupAlive) {
-      signalGroup(pid, "SIGKILL")
+    if (yield* anyAlive) {
+      yield* signalAll("SIGKILL")
       yield* Effect.logWarning("child did not stop after SIGTERM: killed its process group").pipe(
         Effect.annotateLogs({ pid }),
       )
       yield* waitExit
+    }
+    if (escaped.size > 0) {
+      yield* Effect.logWarning(
+        `ended ${escaped.size} process(es) the child had moved out of its process group: ${[...escaped.keys()].join(", ")}`,
+      ).pipe(Effect.annotateLogs({ pid }))
     }
   })
 
