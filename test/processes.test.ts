@@ -17,7 +17,7 @@ afterEach(async () => {
 const openSession = async (running: RunningGateway, server: string) => {
   const connection = await connect(running)
   const channel = await openLineChannel(connection, { exec: server })
-  await channel.request("warm-up", "ping")
+  await channel.initialize()
   return { connection, channel }
 }
 
@@ -46,8 +46,17 @@ describe("child processes", () => {
     }
     const children = childrenOf(gateway.pid)
     expect(children).toHaveLength(2)
+    // The children read requests in order: once a later echo is answered, the slow calls are under way.
+    for (const { channel } of sessions) {
+      await channel.request("after", "tools/call", { name: "mini__echo", arguments: { message: "hi" } })
+    }
     const exit = await gateway.stop()
     expect(exit).toEqual({ code: 0, signal: null })
+    for (const { channel } of sessions) {
+      // The call in progress gets an error rather than silence, then the channel closes.
+      expect(await channel.response("slow", 1000)).toMatchObject({ error: { code: -32000 } })
+      await channel.exit
+    }
     for (const child of children) expect(isRunning(child)).toBe(false)
     // Each child led its own process group; nothing of those groups is left either.
     expect(membersOfGroups(children)).toEqual([])
@@ -121,11 +130,21 @@ describe("child environment", () => {
       output += chunk.toString()
     })
     ssh.stdin.write(
+      `${JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "env-test", version: "1" } } })}\n`,
+    )
+    ssh.stdin.write(
       `${JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "mini__env", arguments: {} } })}\n`,
     )
-    await waitUntil(() => output.includes("\n"), 10_000, "the env tool's answer")
+    // The first complete line answering id 1 (the initialize answer comes before it).
+    const answer = () =>
+      output
+        .split("\n")
+        .slice(0, -1)
+        .find((line) => line.includes('"id":1,'))
+    await waitUntil(() => answer() !== undefined, 10_000, "the env tool's answer")
     ssh.stdin.end()
-    const response = JSON.parse(output.split("\n")[0] ?? "") as {
+    const line = answer()
+    const response = JSON.parse(line ?? "") as {
       result: { content: Array<{ text: string }> }
     }
     const env = JSON.parse(response.result.content[0]?.text ?? "{}") as Record<string, string>

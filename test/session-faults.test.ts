@@ -88,6 +88,7 @@ describe("bad input from a client", () => {
 
   it("passes the child's answer to an unknown method", async () => {
     const channel = await session("mini")
+    await channel.initialize()
     expect(await channel.request(5, "no/such/method")).toMatchObject({ error: { code: -32601 } })
     await stillServes(channel, 6)
     channel.channel.end()
@@ -95,6 +96,7 @@ describe("bad input from a client", () => {
 
   it("refuses an id that is already in use by a request in progress", async () => {
     const channel = await session("mini")
+    await channel.initialize()
     channel.send({
       jsonrpc: "2.0",
       id: 9,
@@ -151,6 +153,7 @@ const call = (channel: LineChannel, id: number, name: string, args: Record<strin
 describe("children that fail", () => {
   it("answers with an error naming the server when its command does not exist", async () => {
     const channel = await session("missing")
+    await channel.initialize()
     expect(await call(channel, 1, "missing__echo")).toMatchObject({
       error: {
         code: -32000,
@@ -162,6 +165,7 @@ describe("children that fail", () => {
 
   it("answers with an error when the child exits at start", async () => {
     const channel = await session("exits-at-start")
+    await channel.initialize()
     expect(await call(channel, 1, "exits-at-start__echo")).toMatchObject({
       error: { code: -32000, message: expect.stringMatching(/exited with code 7; restarting in/) },
     })
@@ -185,6 +189,7 @@ describe("children that fail", () => {
 
   it("turns an invalid response into an error for that call", async () => {
     const channel = await session("garbage")
+    await channel.initialize()
     expect(await call(channel, 1, "garbage__echo")).toMatchObject({
       error: {
         code: -32000,
@@ -205,6 +210,7 @@ describe("children that fail", () => {
 
   it("keeps serving other sessions while children fail", async () => {
     const [healthy, crashing] = await Promise.all([session("mini"), session("crashing")])
+    await Promise.all([healthy.initialize(), crashing.initialize()])
     crashing.send({
       jsonrpc: "2.0",
       id: 1,

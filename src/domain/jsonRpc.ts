@@ -140,6 +140,9 @@ export const classifyValue = (value: unknown): Classified => {
 const isErrorObject = (value: unknown): value is JsonRpcErrorObject =>
   isObject(value) && typeof value.code === "number" && typeof value.message === "string"
 
+/** MCP names every notification `notifications/...`: one sent with an id is a malformed request. */
+export const isNotificationMethod = (method: string): boolean => method.startsWith("notifications/")
+
 export const isRequest = (message: JsonRpcRequest | JsonRpcNotification): message is JsonRpcRequest =>
   "id" in message
 

@@ -53,14 +53,15 @@ export class LineFramer {
   }
 
   private startDiscarding(piece: Buffer): void {
-    const buffered = Buffer.concat(this.pending, this.pendingBytes)
+    // Piece by piece: joining what was buffered would copy up to the whole cap just to keep its ends.
+    const buffered = this.pending
     this.pending = []
+    this.pendingBytes = 0
     this.discarding = true
     this.discardedBytes = 0
     this.discardHead = Buffer.alloc(0)
     this.discardTail = Buffer.alloc(0)
-    this.discardPiece(buffered)
-    this.pendingBytes = 0
+    for (const bufferedPiece of buffered) this.discardPiece(bufferedPiece)
     this.discardPiece(piece)
   }
 

@@ -9,7 +9,19 @@
  * and restarted while it lasts, stopped with it.
  */
 import { randomUUID } from "node:crypto"
-import { Context, Data, Deferred, Duration, Effect, Fiber, Layer, Option, Queue, type Scope } from "effect"
+import {
+  Context,
+  Data,
+  Deferred,
+  Duration,
+  Effect,
+  Fiber,
+  FiberMap,
+  Layer,
+  Option,
+  Queue,
+  type Scope,
+} from "effect"
 import { decodeCursor, encodeCursor } from "../domain/cursor.js"
 import { UpstreamError } from "../domain/errors.js"
 import {
@@ -203,6 +215,8 @@ export const HubLive = Layer.effect(
       Effect.gen(function* () {
         const handshake = yield* Deferred.make<ClientHandshake>()
         let initialized = false
+        /** Set once a 2025-era initialize has started the children (or given up on them). */
+        const initializeDone = yield* Deferred.make<void>()
         /** Set once the client has the merged picture; later changes are announced with list_changed. */
         let announced = false
         let logLevel: string | undefined
@@ -217,11 +231,25 @@ export const HubLive = Layer.effect(
         /** Requests of children forwarded to the client, by the id the gateway gave them. */
         const serverRequests = new Map<
           number,
-          { readonly connection: UpstreamConnection; readonly id: JsonRpcId }
+          {
+            readonly connection: UpstreamConnection
+            readonly id: JsonRpcId
+            readonly progressKey: string | undefined
+          }
         >()
         /** Progress tokens of those requests: the client's progress goes back to the child that asked. */
         const clientProgress = new Map<string, UpstreamConnection>()
         let nextServerRequestId = 1
+        /** The client has the server's request timeout to answer each; closing the session ends them. */
+        const serverRequestDeadlines = yield* FiberMap.make<number>()
+        /** Forget a request that was answered, withdrawn or timed out; its entry if it was still open. */
+        const closeServerRequest = (id: number) => {
+          const entry = serverRequests.get(id)
+          if (entry === undefined) return undefined
+          serverRequests.delete(id)
+          if (entry.progressKey !== undefined) clientProgress.delete(entry.progressKey)
+          return entry
+        }
 
         /** Which protocol the client speaks, decided by its first request, as MCP servers on stdio do. */
         let era: "undecided" | "legacy" | "modern" = "undecided"
@@ -326,6 +354,36 @@ export const HubLive = Layer.effect(
           )
         }
 
+        /** A client that does not answer in time: the server gets an error, the client a cancellation. */
+        const clientDeadline = (child: SupervisedChild, id: number, method: string) => {
+          const timeout = Duration.seconds(child.server.requestTimeout)
+          return Effect.sleep(timeout).pipe(
+            Effect.zipRight(
+              Effect.suspend(() => {
+                const entry = closeServerRequest(id)
+                if (entry === undefined) return Effect.void
+                const reason = `the client did not answer ${method} within ${Duration.format(timeout)}`
+                return log(
+                  Effect.logWarning(`cancelled request ${id} of server '${child.server.name}': ${reason}`),
+                ).pipe(
+                  Effect.zipRight(
+                    entry.connection
+                      .send(errorResponse(entry.id, { code: ErrorCode.RequestTimeout, message: reason }))
+                      .pipe(Effect.ignore),
+                  ),
+                  Effect.zipRight(
+                    toClient({
+                      jsonrpc: "2.0",
+                      method: "notifications/cancelled",
+                      params: { requestId: id, reason },
+                    }),
+                  ),
+                )
+              }),
+            ),
+          )
+        }
+
         const onMessage = (child: SupervisedChild, connection: UpstreamConnection, message: ChildMessage) =>
           Effect.suspend(() => {
             if (isRequest(message)) {
@@ -334,12 +392,16 @@ export const HubLive = Layer.effect(
               }
               if (era === "modern") return askThroughCall(connection, message)
               const id = nextServerRequestId++
-              serverRequests.set(id, { connection, id: message.id })
               const meta = message.params?._meta
-              if (isObject(meta) && meta.progressToken !== undefined) {
-                clientProgress.set(JSON.stringify(meta.progressToken), connection)
-              }
-              return toClient({ ...message, id })
+              const progressKey =
+                isObject(meta) && meta.progressToken !== undefined
+                  ? JSON.stringify(meta.progressToken)
+                  : undefined
+              serverRequests.set(id, { connection, id: message.id, progressKey })
+              if (progressKey !== undefined) clientProgress.set(progressKey, connection)
+              return FiberMap.run(serverRequestDeadlines, id, clientDeadline(child, id, message.method)).pipe(
+                Effect.zipRight(toClient({ ...message, id })),
+              )
             }
             const params = message.params ?? {}
             switch (message.method) {
@@ -363,8 +425,10 @@ export const HubLive = Layer.effect(
                   ([, value]) => value.connection === connection && value.id === params.requestId,
                 )
                 if (entry === undefined) return Effect.void
-                serverRequests.delete(entry[0])
-                return toClient({ ...message, params: { ...params, requestId: entry[0] } })
+                closeServerRequest(entry[0])
+                return FiberMap.remove(serverRequestDeadlines, entry[0]).pipe(
+                  Effect.zipRight(toClient({ ...message, params: { ...params, requestId: entry[0] } })),
+                )
               }
               default:
                 return toClient(message)
@@ -832,7 +896,7 @@ export const HubLive = Layer.effect(
               protocolVersion,
               capabilities: isObject(params.capabilities) ? params.capabilities : {},
               clientInfo: isObject(params.clientInfo) ? params.clientInfo : unknownClient,
-            })
+            }).pipe(Effect.ensuring(Deferred.succeed(initializeDone, undefined)))
             const view = mergedView()
             announced = true
             return {
@@ -942,7 +1006,24 @@ export const HubLive = Layer.effect(
             })),
           )
 
-        /** The era is the first request's; a modern client that only asked server/discover may still initialize. */
+        /**
+         * What a 2025-era client may send before initialize: ping only (MCP lifecycle). Anything else is
+         * refused rather than served by children that would know nothing of the client.
+         */
+        const beforeInitialize = (request: JsonRpcRequest): Routed =>
+          request.method === "ping"
+            ? { response: ok(request.id, {}) }
+            : {
+                response: errorResponse(request.id, {
+                  code: ErrorCode.InvalidRequest,
+                  message: `Invalid Request: ${request.method} before initialize; send initialize first (or, in MCP ${modernVersion}, the protocol version in _meta on every request)`,
+                }),
+              }
+
+        /**
+         * The era is the first request's (initialize: 2025, an envelope: 2026); a modern client that only
+         * asked server/discover may still initialize.
+         */
         const route = (request: JsonRpcRequest): Effect.Effect<Routed> =>
           Effect.suspend(() => {
             const envelope = readEnvelope(request.params)
@@ -950,23 +1031,21 @@ export const HubLive = Layer.effect(
               era === "undecided" ||
               (era === "modern" && !modernServed && request.method === "initialize")
             ) {
-              era = request.method === "initialize" || envelope === "none" ? "legacy" : "modern"
+              if (request.method !== "initialize" && envelope === "none") {
+                return Effect.succeed(beforeInitialize(request))
+              }
+              era = request.method === "initialize" ? "legacy" : "modern"
             }
-            return era === "modern" ? routeModern(request, envelope) : routeLegacy(request)
+            if (era === "modern") return routeModern(request, envelope)
+            if (request.method === "initialize") return routeLegacy(request)
+            // A request sent right behind initialize waits for the children initialize is starting.
+            return Deferred.await(initializeDone).pipe(Effect.zipRight(routeLegacy(request)))
           })
 
         const routeLegacy = (request: JsonRpcRequest): Effect.Effect<Routed> =>
           Effect.gen(function* () {
             const method = request.method
             if (method === "initialize") return yield* initialize(request)
-            // A client that skips initialize gets children that know nothing of it.
-            if (!(yield* Deferred.isDone(handshake))) {
-              yield* startChildren({
-                protocolVersion: latestHandshakeVersion,
-                capabilities: {},
-                clientInfo: unknownClient,
-              })
-            }
             if (method === "ping") return { response: ok(request.id, {}) }
             if (isMergedListMethod(method)) return yield* mergedPage(request, method)
             const params = request.params
@@ -1155,11 +1234,15 @@ export const HubLive = Layer.effect(
             const entry = typeof response.id === "number" ? serverRequests.get(response.id) : undefined
             if (entry === undefined || typeof response.id !== "number") {
               return log(
-                Effect.logWarning(`ignored a response to unknown request id ${JSON.stringify(response.id)}`),
+                Effect.logWarning(
+                  `ignored a response of the client to request id ${JSON.stringify(response.id)}, which no server awaits`,
+                ),
               )
             }
-            serverRequests.delete(response.id)
-            return entry.connection.send({ ...response, id: entry.id }).pipe(Effect.ignore)
+            closeServerRequest(response.id)
+            return FiberMap.remove(serverRequestDeadlines, response.id).pipe(
+              Effect.zipRight(entry.connection.send({ ...response, id: entry.id }).pipe(Effect.ignore)),
+            )
           })
 
         const endOfInput = Deferred.succeed(inputEnded, undefined).pipe(Effect.asVoid)

@@ -10,14 +10,17 @@ import {
   ErrorCode,
   encodeMessage,
   errorResponse,
+  isNotificationMethod,
+  type JsonRpcId,
   type JsonRpcMessage,
   type JsonRpcRequest,
   recoverId,
 } from "../domain/jsonRpc.js"
 import { type Frame, LineFramer } from "../domain/lineFramer.js"
-import { forEachChunk, writeWithBackpressure } from "../platform/streams.js"
+import { forEachChunk, whenDrained, writeWithBackpressure } from "../platform/streams.js"
 import { GatewayConfig } from "./GatewayConfig.js"
 import { type ClientIdentity, Hub } from "./Hub.js"
+import { outputReady } from "./Upstream.js"
 
 export interface SessionChannel {
   readonly input: Readable
@@ -56,14 +59,17 @@ export const McpSessionLive = Layer.effect(
       Effect.gen(function* () {
         // Everything for the client goes straight into the channel, whose buffer keeps it in order.
         // Messages the servers send on their own wait for a full buffer to drain (backpressure to
-        // the child); answers to the client's own requests never wait, as the client paces those.
+        // the child); answers to the client's own requests are written at once, and while the buffer
+        // is full the children's output is not read further (outputReady), answers included.
         const output = channel.output
         const writeNow = (message: JsonRpcMessage) => {
           if (!output.destroyed && !output.writableEnded) output.write(encodeMessage(message))
         }
         const write = (message: JsonRpcMessage) =>
           writeWithBackpressure(output, encodeMessage(message)).pipe(Effect.ignore)
-        const opened = yield* hub.open(selection, client, write).pipe(Effect.either)
+        const opened = yield* hub
+          .open(selection, client, write)
+          .pipe(Effect.locally(outputReady, whenDrained(output)), Effect.either)
         if (opened._tag === "Left") {
           yield* writeWithBackpressure(channel.diagnostics, `mcp-ssh: ${opened.left.message}\n`).pipe(
             Effect.ignore,
@@ -76,10 +82,22 @@ export const McpSessionLive = Layer.effect(
         /** Requests answered by callback (the per-call path), with how to cancel each. */
         const fastInFlight = new Map<string, () => void>()
         let whenFastDone: (() => void) | undefined
+        // Runs before the FiberMap's own finalizer (finalizers run in reverse), while its requests are
+        // still listed. A session ended under its client (gateway shutdown, key revoked) answers every
+        // request still in progress, so no caller waits for an answer that cannot come.
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
+            const unanswered = [...fastInFlight.keys(), ...[...inFlight].map(([key]) => key)]
             for (const cancel of fastInFlight.values()) cancel()
             fastInFlight.clear()
+            for (const key of unanswered) {
+              writeNow(
+                errorResponse(JSON.parse(key) as JsonRpcId, {
+                  code: ErrorCode.ServerUnavailable,
+                  message: "Server unavailable: the session ended before this request was answered",
+                }),
+              )
+            }
           }),
         )
         const fastDrained = Effect.async<void>((resume) => {
@@ -106,11 +124,17 @@ export const McpSessionLive = Layer.effect(
 
         const handleFrame = (frame: Frame): Effect.Effect<void> => {
           if (frame._tag === "Oversized") {
-            return write(
-              errorResponse(recoverId(frame.head, frame.tail), {
-                code: ErrorCode.InvalidRequest,
-                message: `Invalid Request: message of ${frame.size} bytes exceeds the limit of ${maxLineBytes} bytes`,
-              }),
+            return Effect.logWarning(
+              `refused a message of ${frame.size} bytes from the client, over the limit of ${maxLineBytes} bytes`,
+            ).pipe(
+              Effect.zipRight(
+                write(
+                  errorResponse(recoverId(frame.head, frame.tail), {
+                    code: ErrorCode.InvalidRequest,
+                    message: `Invalid Request: message of ${frame.size} bytes exceeds the limit of ${maxLineBytes} bytes`,
+                  }),
+                ),
+              ),
             )
           }
           const message = classifyLine(frame.bytes)
@@ -134,6 +158,15 @@ export const McpSessionLive = Layer.effect(
             }
             case "Request": {
               const request = message.message
+              if (isNotificationMethod(request.method)) {
+                // Answered (it has an id) but never forwarded: a child would take it as a request.
+                return write(
+                  errorResponse(request.id, {
+                    code: ErrorCode.InvalidRequest,
+                    message: `Invalid Request: ${request.method} is a notification and must not have an "id"`,
+                  }),
+                )
+              }
               const key = requestKey(request.id)
               return Effect.zip(FiberMap.has(inFlight, key), FiberMap.size(inFlight)).pipe(
                 Effect.flatMap(([busy, slowCount]) => {
