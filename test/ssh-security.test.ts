@@ -123,6 +123,20 @@ describe("authentication", () => {
     const connection = await connect(gateway, { privateKey: readFileSync(late.privatePath) })
     connection.end()
   })
+
+  it("ends the session of a key removed by hand right after it logged in", async () => {
+    // Added, used and removed well within the watcher's one-second period.
+    const brief = makeKey(keys, "brief")
+    const before = readFileSync(gateway.authorizedKeysPath, "utf8")
+    writeFileSync(gateway.authorizedKeysPath, `${before}${brief.publicLine}\n`)
+    const connection = await connect(gateway, { privateKey: readFileSync(brief.privatePath) })
+    const closed = new Promise<void>((resolve) => connection.once("close", () => resolve()))
+    writeFileSync(gateway.authorizedKeysPath, before)
+    const removedAt = Date.now()
+    await closed
+    expect(Date.now() - removedAt).toBeLessThan(5000)
+    await gateway.waitForLog(/is no longer in .*: treated as revoked/)
+  })
 })
 
 describe("connection limits", () => {

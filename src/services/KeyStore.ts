@@ -76,9 +76,23 @@ export const makeFileKeyStore = (configuredPath: string) =>
     const path = expandHome(configuredPath)
     const snapshot = yield* Ref.make<Snapshot>({ version: "unread", keys: [], usable: false })
 
+    /**
+     * Keys in the last usable load that a later usable load no longer has. Taken from the loads
+     * themselves, which every login goes through: a key added and removed between two looks of the
+     * watcher is still seen to go.
+     */
+    const removedKeys = new Set<string>()
+    let lastUsableKeys: ReadonlyArray<StoredKey> = []
     const reload = (version: string, keys: ReadonlyArray<StoredKey>, usable = false) =>
       Effect.gen(function* () {
         const next: Snapshot = { version, keys, usable }
+        if (usable) {
+          const present = new Set(keys.map((key) => key.fingerprint))
+          for (const key of lastUsableKeys)
+            if (!present.has(key.fingerprint)) removedKeys.add(key.fingerprint)
+          for (const fingerprint of present) removedKeys.delete(fingerprint)
+          lastUsableKeys = keys
+        }
         yield* Ref.set(snapshot, next)
         return next
       })
@@ -190,26 +204,17 @@ export const makeFileKeyStore = (configuredPath: string) =>
      * look a moment later keeps an editor that truncates before writing from ending every session.
      */
     const watchForRemovals = Effect.gen(function* () {
-      const fingerprints = (keys: ReadonlyArray<StoredKey>) => new Set(keys.map((key) => key.fingerprint))
-      let seen: ReadonlySet<string> | undefined
       const check = Effect.gen(function* () {
-        const now = yield* currentSnapshot
-        if (!now.usable) return
-        const present = fingerprints(now.keys)
-        const gone = [...(seen ?? [])].filter((fingerprint) => !present.has(fingerprint))
-        if (gone.length === 0) {
-          seen = present
-          return
-        }
+        yield* currentSnapshot
+        if (removedKeys.size === 0) return
         yield* Effect.sleep(Duration.millis(300))
-        const again = yield* currentSnapshot
-        if (!again.usable) return
-        const stillPresent = fingerprints(again.keys)
-        for (const fingerprint of gone.filter((fingerprint) => !stillPresent.has(fingerprint))) {
+        // A load in between takes back the keys that returned; an unusable file decides nothing yet.
+        if (!(yield* currentSnapshot).usable) return
+        for (const fingerprint of [...removedKeys]) {
+          removedKeys.delete(fingerprint)
           yield* Effect.logInfo(`key ${fingerprint} is no longer in ${path}: treated as revoked`)
           yield* PubSub.publish(revokedKeys, fingerprint)
         }
-        seen = stillPresent
       })
       return yield* Effect.repeat(check, Schedule.spaced(Duration.seconds(1))).pipe(
         Effect.zipRight(Effect.never),
