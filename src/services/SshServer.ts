@@ -6,7 +6,7 @@
  */
 import { type AddressInfo, createServer, type Server as NetServer, type Socket } from "node:net"
 import { Context, Deferred, Duration, Effect, Exit, FiberSet, Layer, Option, Queue, Runtime } from "effect"
-import { formatPublicKey } from "../domain/authorizedKeys.js"
+import { fingerprintOf, formatPublicKey } from "../domain/authorizedKeys.js"
 import { ListenError } from "../domain/errors.js"
 import {
   type Algorithms,
@@ -38,9 +38,20 @@ export const sshAlgorithms: Algorithms = {
   compress: ["none"],
 }
 
-/** The signature algorithms that may sign for a key of each type. */
-const signatureAlgorithmsFor = (keyType: string): ReadonlyArray<string> =>
-  keyType === "ssh-rsa" ? ["ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"] : [keyType]
+/** The longest identification line a client may send (OpenSSH's limit; RFC 4253 asks for 255). */
+export const maxIdentificationBytes = 8192
+
+/** A short, escaped sample of what a client sent, for the log. */
+const sampleOf = (bytes: Buffer) => JSON.stringify(bytes.subarray(0, 64).toString("latin1"))
+
+/** ssh2's errors carry a `level` (protocol, handshake, socket, client-timeout) or a DISCONNECT `code`. */
+type Ssh2Error = Error & { readonly level?: string; readonly code?: unknown }
+
+/** AES-GCM reports a forged tag as a bare OpenSSL error (native) or Node's "unable to authenticate". */
+const describeProtocolError = (message: string) =>
+  /^error:[0-9a-f]{8}:|unable to authenticate data/i.test(message)
+    ? `packet failed to decrypt (${message})`
+    : message
 
 /** The MCP subsystem name; `ssh -s host mcp` requests it. */
 export const mcpSubsystem = "mcp"
@@ -138,6 +149,18 @@ export const SshServerLive = Layer.scoped(
 
         const closed = yield* Deferred.make<void>()
         socket.once("close", () => Deferred.unsafeDone(closed, Exit.void))
+        const logNow = (effect: Effect.Effect<void>) => runSync(effect.pipe(Effect.annotateLogs({ remote })))
+        /**
+         * End the connection at once, saying why. ssh2 only half-closes after an error and goes on
+         * parsing what still arrives (after a bad packet length, into a buffer of that length).
+         */
+        let dropped = false
+        const drop = (log: Effect.Effect<void>) => {
+          if (dropped) return
+          dropped = true
+          logNow(log)
+          socket.destroy()
+        }
         const authenticated = yield* Deferred.make<ClientIdentity>()
         const sessions = yield* FiberSet.make<void, never>()
         const runSession = yield* FiberSet.runtime(sessions)<never>()
@@ -145,9 +168,43 @@ export const SshServerLive = Layer.scoped(
         let openSessions = 0
 
         let connection: Connection | undefined
+        // ssh2 caps the identification line only when it arrives in one or two reads, and after
+        // refusing one it ends its side but keeps reading: watch the bytes until the line is through.
+        let identificationBytes = 0
+        let firstBytes: Buffer | undefined
+        const watchIdentification = (chunk: Buffer) => {
+          firstBytes ??= chunk
+          const newline = chunk.indexOf(0x0a)
+          identificationBytes += newline === -1 ? chunk.length : newline
+          if (identificationBytes > maxIdentificationBytes) {
+            return drop(
+              Effect.logWarning(`closed: identification line longer than ${maxIdentificationBytes} bytes`),
+            )
+          }
+          // ssh2 reads this chunk right after this listener, taking the line (attach) or ending the socket.
+          queueMicrotask(() => {
+            if (connection === undefined && socket.writableEnded) {
+              drop(Effect.logWarning(`closed: invalid identification line ${sampleOf(firstBytes ?? chunk)}`))
+            }
+          })
+        }
         const attach = (client: Connection) => {
           connection = client
-          client.on("error", () => {})
+          socket.off("data", watchIdentification)
+          client.on("error", (error: Ssh2Error) => {
+            if (error.level === "socket") return drop(Effect.logDebug(`connection error: ${error.message}`))
+            if (error.level === "client-timeout") {
+              return drop(
+                Effect.logInfo(
+                  `closed: no answer to ${settings.keepaliveCountMax} keepalive probes ${settings.keepaliveInterval}s apart`,
+                ),
+              )
+            }
+            if (typeof error.code === "number") {
+              return drop(Effect.logInfo(`closed by the client: ${error.message}`))
+            }
+            drop(Effect.logWarning(`closed: protocol error: ${describeProtocolError(error.message)}`))
+          })
           client.on("close", () => Deferred.unsafeDone(closed, Exit.void))
 
           const refuse = (why: string) => {
@@ -173,12 +230,20 @@ export const SshServerLive = Layer.scoped(
               keyStore.find(context.key.data).pipe(
                 Effect.map((found) => {
                   if (Option.isNone(found)) {
-                    refuse(`key ${context.key.algo} is not authorized`)
+                    refuse(`key ${context.key.algo} is not authorized (${fingerprintOf(context.key.data)})`)
                     return context.reject(["publickey"])
                   }
                   const key = found.value
-                  if (!signatureAlgorithmsFor(key.type).includes(context.key.algo)) {
+                  // ssh2 names the key type here (rsa-sha2-* become ssh-rsa) and gives the hash apart.
+                  if (context.key.algo !== key.type) {
                     refuse(`signature algorithm ${context.key.algo} does not fit a ${key.type} key`)
+                    return context.reject(["publickey"])
+                  }
+                  // RSA signs with SHA-2 only, as in OpenSSH's sshd since 8.8.
+                  if (key.type === "ssh-rsa" && context.hashAlgo === undefined) {
+                    refuse(
+                      "signature algorithm ssh-rsa (SHA-1) is not accepted; sign with rsa-sha2-256 or rsa-sha2-512",
+                    )
                     return context.reject(["publickey"])
                   }
                   // No signature: the client only asks whether this key would do.
@@ -211,15 +276,21 @@ export const SshServerLive = Layer.scoped(
 
           // Port forwarding, in either direction, is never offered.
           client.on("request", (_accept, reject, name) => {
-            runSync(Effect.logInfo(`refused global request ${name}`).pipe(Effect.annotateLogs({ remote })))
+            logNow(Effect.logInfo(`refused global request ${name}`))
             reject?.()
           })
-          client.on("tcpip", (_accept, reject) => reject())
-          client.on("openssh.streamlocal", (_accept, reject) => reject())
+          client.on("tcpip", (_accept, reject, info) => {
+            logNow(Effect.logInfo(`refused direct-tcpip channel to ${info.destIP}:${info.destPort}`))
+            reject()
+          })
+          client.on("openssh.streamlocal", (_accept, reject, info) => {
+            logNow(Effect.logInfo(`refused direct-streamlocal channel to ${JSON.stringify(info.socketPath)}`))
+            reject()
+          })
 
           client.on("session", (accept, reject) => {
             if (openSessions >= settings.maxSessions) {
-              runSync(Effect.logInfo(`refused session: ${settings.maxSessions} already open`))
+              logNow(Effect.logInfo(`refused session: ${settings.maxSessions} already open`))
               return reject()
             }
             openSessions++
@@ -233,7 +304,7 @@ export const SshServerLive = Layer.scoped(
 
         const wireSession = (session: Session) => {
           const refuse = (what: string) => (_accept: unknown, reject: (() => void) | undefined) => {
-            runSync(Effect.logInfo(`refused ${what} request`).pipe(Effect.annotateLogs({ remote })))
+            logNow(Effect.logInfo(`refused ${what} request`))
             reject?.()
           }
           session.on("pty", refuse("pty"))
@@ -284,6 +355,8 @@ export const SshServerLive = Layer.scoped(
           Effect.sync(() => awaitingHandshake.delete(socketKey(socket.remoteAddress, socket.remotePort))),
         )
         ssh2.injectSocket(socket)
+        // Added after ssh2's pause (so the socket does not flow early) and before its own listener.
+        socket.on("data", watchIdentification)
 
         const grace = Duration.seconds(settings.loginGraceTime)
         const login = yield* Effect.raceFirst(
@@ -319,7 +392,9 @@ export const SshServerLive = Layer.scoped(
           Deferred.await(revoked).pipe(Effect.as("revoked" as const)),
         )
         if (ended === "revoked") {
-          // A clean SSH disconnect first; the scope then ends the sessions and the socket.
+          // The sessions end first, answering what they still had in progress; then a clean SSH
+          // disconnect, and the scope ends the socket.
+          yield* FiberSet.clear(sessions)
           connection?.end()
           yield* Effect.logInfo("closed: the key was revoked").pipe(
             Effect.annotateLogs({ client: identity.fingerprint }),

@@ -22,7 +22,7 @@ export const connect = (
     const expected = Buffer.from(hostPublicKey(gateway).split(" ")[1] ?? "", "base64")
     client
       .once("ready", () => resolve(client))
-      .once("error", reject)
+      .on("error", reject)
       // A server that disconnects during authentication ends the connection without an error.
       .once("close", () => reject(new Error("connection closed before authentication completed")))
       .connect({
