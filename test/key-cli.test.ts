@@ -245,10 +245,23 @@ describe("keys and tokens beside a running gateway", () => {
     const channel = await openLineChannel(live)
     expect(await channel.initialize()).toHaveProperty("result")
     const closed = new Promise<void>((resolve) => live.once("close", () => resolve()))
+    // A call in progress when the key goes is answered with an error, not left hanging.
+    channel.send({
+      jsonrpc: "2.0",
+      id: "slow",
+      method: "tools/call",
+      params: { name: "mini__sleep", arguments: { ms: 60_000 } },
+    })
+    expect(
+      await channel.request("quick", "tools/call", { name: "mini__echo", arguments: {} }),
+    ).toHaveProperty("result")
 
     const revoked = await cli(["keys", "revoke", ...store(), fingerprint], { cwd: gateway.dir })
     expect(revoked.code).toBe(0)
     await closed
+    expect(await channel.response("slow", 1000)).toMatchObject({
+      error: { code: -32000, message: expect.stringMatching(/session ended/) },
+    })
     await gateway.waitForLog(new RegExp(`key ${fingerprint.replace(/[+/]/g, "\\$&")} is no longer in`))
     await expect(connect(gateway, { privateKey: readFileSync(key.privatePath) })).rejects.toThrow(
       /authentication methods failed/,
