@@ -12,7 +12,7 @@ import * as Layer from "effect/Layer"
 import { fingerprintOf, isKeyProblem } from "../domain/authorizedKeys.js"
 import { ClientKeyError } from "../domain/clientErrors.js"
 import { validateSubmittedKey } from "../domain/submittedKey.js"
-import { utils } from "../platform/ssh2.js"
+import { generateEd25519KeyPair, utils } from "../platform/ssh2.js"
 import { ClientConfig } from "./ClientConfig.js"
 
 export interface ClientKeyShape {
@@ -40,10 +40,7 @@ const generate = (path: string, passphrase: string | undefined) =>
   Effect.tryPromise({
     try: async () => {
       const comment = `mcp-ssh-client@${hostname()}`
-      const pair =
-        passphrase === undefined || passphrase === ""
-          ? utils.generateKeyPairSync("ed25519", { comment })
-          : utils.generateKeyPairSync("ed25519", { comment, passphrase, cipher: "aes256-ctr", rounds: 16 })
+      const pair = generateEd25519KeyPair(comment, passphrase)
       await mkdir(dirname(path), { recursive: true, mode: 0o700 })
       // "wx": never overwrite a key another process created in the meantime.
       await writeFile(path, pair.private, { mode: 0o600, flag: "wx" })

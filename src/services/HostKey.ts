@@ -7,7 +7,7 @@ import { dirname } from "node:path"
 import { Context, Effect, Layer } from "effect"
 import { checkBlob, fingerprintOf } from "../domain/authorizedKeys.js"
 import { HostKeyError } from "../domain/errors.js"
-import { type ParsedKey, utils } from "../platform/ssh2.js"
+import { generateEd25519KeyPair, type ParsedKey, utils } from "../platform/ssh2.js"
 import { expandHome, GatewayConfig } from "./GatewayConfig.js"
 
 export interface HostKeyShape {
@@ -30,15 +30,7 @@ const isMissing = (error: unknown): boolean =>
 const generate = (path: string, passphrase: string | undefined) =>
   Effect.tryPromise({
     try: async () => {
-      const pair =
-        passphrase === undefined || passphrase === ""
-          ? utils.generateKeyPairSync("ed25519", { comment: "mcp-ssh host key" })
-          : utils.generateKeyPairSync("ed25519", {
-              comment: "mcp-ssh host key",
-              passphrase,
-              cipher: "aes256-ctr",
-              rounds: 16,
-            })
+      const pair = generateEd25519KeyPair("mcp-ssh host key", passphrase)
       await mkdir(dirname(path), { recursive: true, mode: 0o700 })
       // "wx": never overwrite a key another process created in the meantime.
       await writeFile(path, pair.private, { mode: 0o600, flag: "wx" })
