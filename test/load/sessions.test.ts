@@ -256,6 +256,6 @@ describe(`${sessionCount} concurrent sessions for ${callingMillis / 1000} s`, ()
     expect(readFiles(gateway)).toEqual(filesBefore)
     // Nothing of the sessions stays reachable, and the process gives most of its peak back.
     expect(after.heapUsed - baseline.heapUsed).toBeLessThan(8)
-    expect(after.rss - baseline.rss).toBeLessThan(64)
+    expect(after.rss - baseline.rss).toBeLessThan(32)
   }, 240_000)
 })
