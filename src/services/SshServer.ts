@@ -171,9 +171,10 @@ export const SshServerLive = Layer.scoped(
         // ssh2 caps the identification line only when it arrives in one or two reads, and after
         // refusing one it ends its side but keeps reading: watch the bytes until the line is through.
         let identificationBytes = 0
+        /** The log's sample of the line, copied: a slice would keep the socket's whole read buffer. */
         let firstBytes: Buffer | undefined
         const watchIdentification = (chunk: Buffer) => {
-          firstBytes ??= chunk
+          firstBytes ??= Buffer.from(chunk.subarray(0, 64))
           const newline = chunk.indexOf(0x0a)
           identificationBytes += newline === -1 ? chunk.length : newline
           if (identificationBytes > maxIdentificationBytes) {
@@ -191,6 +192,7 @@ export const SshServerLive = Layer.scoped(
         const attach = (client: Connection) => {
           connection = client
           socket.off("data", watchIdentification)
+          firstBytes = undefined
           client.on("error", (error: Ssh2Error) => {
             if (error.level === "socket") return drop(Effect.logDebug(`connection error: ${error.message}`))
             if (error.level === "client-timeout") {
