@@ -212,3 +212,42 @@ describe("raw 2026-07-28 requests", () => {
     expect(await channel.exit).toBe(0)
   })
 })
+
+describe("a paused call whose client never comes back", () => {
+  let asking: RunningGateway
+  beforeAll(async () => {
+    asking = await startGateway({
+      servers: { asker: { ...node("mini-server.mjs", "asks-client"), timeout: 1 } },
+    })
+  })
+  afterAll(() => disposeGateway(asking))
+
+  it("answers the child's question with -32001 at the server's timeout and forgets the requestState", async () => {
+    const connection = await connect(asking)
+    const channel = await openLineChannel(connection)
+    const paused = await channel.request(1, "tools/call", {
+      name: "asker__ask",
+      arguments: { method: "roots/list" },
+      _meta: envelope(),
+    })
+    expect(paused.result).toMatchObject({ resultType: "input_required" })
+    const requestState = (paused.result as { requestState: string }).requestState
+    await asking.waitForLog(
+      /level=WARN .*cancelled a paused call of server 'asker': the client did not answer input_required within 1s/,
+    )
+    await asking.waitForLog(/mini-server: answer to ask-1: .*\\"code\\":-32001/)
+    expect(
+      await channel.request(2, "tools/call", {
+        name: "asker__ask",
+        arguments: {},
+        requestState,
+        inputResponses: { "input-1": { roots: [] } },
+        _meta: envelope(),
+      }),
+    ).toMatchObject({
+      error: { code: -32602, message: expect.stringMatching(/unknown or expired requestState/) },
+    })
+    expect(await channel.request(3, "tools/list", { _meta: envelope() })).toHaveProperty("result")
+    connection.end()
+  })
+})

@@ -146,6 +146,7 @@ type CallEvent =
 
 /** A call of a modern client to a 2025-era child, which may pause on input_required and resume. */
 interface InteractiveCall {
+  readonly server: ChildServer
   readonly connection: UpstreamConnection
   readonly events: Queue.Queue<CallEvent>
   readonly fiber: Fiber.RuntimeFiber<void>
@@ -269,6 +270,8 @@ export const HubLive = Layer.effect(
             readonly asks: ReadonlyArray<{ readonly key: string; readonly childRequestId: JsonRpcId }>
           }
         >()
+        /** A paused call waits for the client's next round at most its server's timeout. */
+        const parkedDeadlines = yield* FiberMap.make<string>()
 
         /**
          * A change a client should hear of: a legacy client hears list changes always and resource updates
@@ -464,6 +467,44 @@ export const HubLive = Layer.effect(
 
         const sessionScope = yield* Effect.scope
 
+        /**
+         * A client that never comes back with a paused call's requestState: the child's questions get
+         * an error, the call is cancelled at the child, and the requestState is forgotten.
+         */
+        const expireParked = (requestState: string, call: InteractiveCall) => {
+          const timeout = Duration.seconds(call.server.requestTimeout)
+          return Effect.sleep(timeout).pipe(
+            Effect.zipRight(
+              Effect.suspend(() => {
+                const entry = parked.get(requestState)
+                if (entry === undefined) return Effect.void
+                parked.delete(requestState)
+                const reason = `the client did not answer input_required within ${Duration.format(timeout)}`
+                return log(
+                  Effect.logWarning(`cancelled a paused call of server '${call.server.name}': ${reason}`),
+                ).pipe(
+                  Effect.zipRight(
+                    Effect.forEach(
+                      entry.asks,
+                      ({ childRequestId }) =>
+                        call.connection
+                          .send(
+                            errorResponse(childRequestId, {
+                              code: ErrorCode.RequestTimeout,
+                              message: reason,
+                            }),
+                          )
+                          .pipe(Effect.ignore),
+                      { discard: true },
+                    ),
+                  ),
+                  Effect.zipRight(Fiber.interrupt(call.fiber)),
+                )
+              }),
+            ),
+          )
+        }
+
         /** Wait for the call's next event: a question for the client (pause it), or the answer. */
         const nextStep = (call: InteractiveCall, clientId: JsonRpcId): Effect.Effect<JsonRpcResponse> =>
           Effect.gen(function* () {
@@ -495,6 +536,7 @@ export const HubLive = Layer.effect(
               call,
               asks: asks.map(({ key, request }) => ({ key, childRequestId: request.id })),
             })
+            yield* FiberMap.run(parkedDeadlines, requestState, expireParked(requestState, call))
             return ok(clientId, {
               resultType: "input_required",
               inputRequests: Object.fromEntries(
@@ -508,7 +550,7 @@ export const HubLive = Layer.effect(
           })
 
         /** tools/call, prompts/get or resources/read of a modern client, which may take several rounds. */
-        const forwardInteractive = (ready: ReadyChild, request: JsonRpcRequest) =>
+        const forwardInteractive = (server: ChildServer, ready: ReadyChild, request: JsonRpcRequest) =>
           Effect.gen(function* () {
             const requestState = stringParam(request.params, "requestState")
             if (requestState !== undefined || request.params?.inputResponses !== undefined) {
@@ -520,6 +562,7 @@ export const HubLive = Layer.effect(
                 })
               }
               parked.delete(requestState)
+              yield* FiberMap.remove(parkedDeadlines, requestState)
               const responses = isObject(request.params?.inputResponses) ? request.params.inputResponses : {}
               yield* Effect.forEach(
                 entry.asks,
@@ -549,7 +592,7 @@ export const HubLive = Layer.effect(
               Effect.asVoid,
               Effect.forkIn(sessionScope),
             )
-            return yield* nextStep({ connection: ready.connection, events, fiber }, request.id)
+            return yield* nextStep({ server, connection: ready.connection, events, fiber }, request.id)
           })
 
         /** The child's connection; a child still starting gets up to --startup-wait to come up. */
@@ -582,8 +625,9 @@ export const HubLive = Layer.effect(
           request: JsonRpcRequest,
         ): Effect.Effect<JsonRpcResponse> => {
           if (ready === undefined) return Effect.succeed(notRunning(request.id, server))
-          if (era === "modern" && interactiveMethods.includes(request.method))
-            return forwardInteractive(ready, request)
+          const child = byName.get(server)
+          if (era === "modern" && interactiveMethods.includes(request.method) && child !== undefined)
+            return forwardInteractive(child.server, ready, request)
           return ready.connection
             .request(request)
             .pipe(
