@@ -6,6 +6,26 @@ export class StreamClosed {
   readonly _tag = "StreamClosed"
 }
 
+/** The stream's next 'drain', or its end ('close' or 'error'): which of the two came first. */
+const nextDrain = (stream: Writable): Effect.Effect<"drained" | "closed"> =>
+  Effect.async((resume) => {
+    const finish = (outcome: "drained" | "closed") => {
+      cleanup()
+      resume(Effect.succeed(outcome))
+    }
+    const drained = () => finish("drained")
+    const closed = () => finish("closed")
+    const cleanup = () => {
+      stream.off("drain", drained)
+      stream.off("close", closed)
+      stream.off("error", closed)
+    }
+    stream.once("drain", drained)
+    stream.once("close", closed)
+    stream.once("error", closed)
+    return Effect.sync(cleanup)
+  })
+
 /**
  * Write and, when the stream's buffer is full, wait for 'drain' so a slow reader slows the writer
  * instead of growing memory. Fails with StreamClosed when the stream is gone.
@@ -17,25 +37,9 @@ export const writeWithBackpressure = (
   Effect.suspend(() => {
     if (stream.destroyed || stream.writableEnded) return Effect.fail(new StreamClosed())
     if (stream.write(data)) return Effect.void
-    return Effect.async<void, StreamClosed>((resume) => {
-      const done = () => {
-        cleanup()
-        resume(Effect.void)
-      }
-      const closed = () => {
-        cleanup()
-        resume(Effect.fail(new StreamClosed()))
-      }
-      const cleanup = () => {
-        stream.off("drain", done)
-        stream.off("close", closed)
-        stream.off("error", closed)
-      }
-      stream.on("drain", done)
-      stream.once("close", closed)
-      stream.once("error", closed)
-      return Effect.sync(cleanup)
-    })
+    return Effect.flatMap(nextDrain(stream), (outcome) =>
+      outcome === "closed" ? Effect.fail(new StreamClosed()) : Effect.void,
+    )
   })
 
 /**
@@ -98,21 +102,6 @@ export const forEachChunk = <E, R>(
 
 /** Completes at once while the stream's buffer has room, else at its next 'drain' (or when it closes). */
 export const whenDrained = (stream: Writable): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    if (!stream.writableNeedDrain || stream.destroyed) return Effect.void
-    return Effect.async<void>((resume) => {
-      const done = () => {
-        cleanup()
-        resume(Effect.void)
-      }
-      const cleanup = () => {
-        stream.off("drain", done)
-        stream.off("close", done)
-        stream.off("error", done)
-      }
-      stream.once("drain", done)
-      stream.once("close", done)
-      stream.once("error", done)
-      return Effect.sync(cleanup)
-    })
-  })
+  Effect.suspend(() =>
+    !stream.writableNeedDrain || stream.destroyed ? Effect.void : Effect.asVoid(nextDrain(stream)),
+  )
