@@ -20,10 +20,11 @@ import {
   membersOfGroups,
   memoryKiB,
   openDescriptorCount,
+  readStat,
   waitForDescriptorsBackTo,
   waitUntil,
 } from "./support/processes.js"
-import { connect, type LineChannel, openLineChannel } from "./support/ssh.js"
+import { type LineChannel, openSession } from "./support/ssh.js"
 
 const MiB = 1024 * 1024
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -52,10 +53,8 @@ const start = async (servers: Record<string, ServerEntry>) => {
 }
 
 /** A session over `selection` (empty: every server), initialized and with its tools listed. */
-const openSession = async (running: RunningGateway, selection: string) => {
-  const connection = await connect(running)
-  const channel = await openLineChannel(connection, { exec: selection })
-  channel.exit.finally(() => connection.end())
+const openListedSession = async (running: RunningGateway, selection: string) => {
+  const channel = await openSession(running, selection)
   await channel.initialize()
   await channel.request("tools", "tools/list")
   return channel
@@ -90,8 +89,6 @@ const childInMode = (running: RunningGateway, mode: string): number => {
   return pid
 }
 
-const statOf = (pid: number) => allProcesses().find((info) => info.pid === pid)
-
 describe("a child that floods stderr", () => {
   it("logs at most 100 of its lines a second and a count of the rest, and everything else goes on", async () => {
     const { running, descriptors } = await start({
@@ -101,8 +98,8 @@ describe("a child that floods stderr", () => {
     const rssBefore = memoryKiB(running.pid, "VmRSS")
     const logBefore = running.log().length
     const started = Date.now()
-    const session = await openSession(running, "")
-    const other = await openSession(running, "mini")
+    const session = await openListedSession(running, "")
+    const other = await openListedSession(running, "mini")
 
     // Four seconds of flood, during which both sessions keep getting quick answers.
     let slowest = 0
@@ -144,13 +141,13 @@ describe("a child that forks a grandchild that keeps running", () => {
 
   it("kills a grandchild in the child's process group that ignores SIGTERM and stdin closing", async () => {
     const { running, descriptors } = await start(servers)
-    const session = await openSession(running, "")
-    const other = await openSession(running, "mini")
+    const session = await openListedSession(running, "")
+    const other = await openListedSession(running, "mini")
     const child = childInMode(running, "forks")
     const grandchild = Number(textOf(await call(session, 1, "forks__fork", { escape: false })))
     strays.push(grandchild)
     expect(isRunning(grandchild)).toBe(true)
-    expect(statOf(grandchild)?.pgid).toBe(child)
+    expect(readStat(grandchild)?.pgid).toBe(child)
 
     await close(session)
     // stdin closed, then SIGTERM (ignored), then SIGKILL of the group after the 1 s stop timeout.
@@ -164,12 +161,12 @@ describe("a child that forks a grandchild that keeps running", () => {
 
   it("finds and ends a grandchild that left for its own session and process group (setsid)", async () => {
     const { running, descriptors } = await start(servers)
-    const session = await openSession(running, "")
+    const session = await openListedSession(running, "")
     const child = childInMode(running, "forks")
     const grandchild = Number(textOf(await call(session, 1, "forks__fork", { escape: true })))
     strays.push(grandchild)
     // Out of the child's group: signalling the group does not reach it.
-    expect(statOf(grandchild)?.pgid).toBe(grandchild)
+    expect(readStat(grandchild)?.pgid).toBe(grandchild)
 
     await close(session)
     await waitUntil(() => !isRunning(grandchild), 10_000, "the escaped grandchild to be killed")
@@ -182,7 +179,7 @@ describe("a child that forks a grandchild that keeps running", () => {
 
   it("releases the pipes an orphaned escaped grandchild still holds, which it cannot find", async () => {
     const { running, descriptors } = await start(servers)
-    const session = await openSession(running, "")
+    const session = await openListedSession(running, "")
     const grandchild = Number(textOf(await call(session, 1, "forks__fork", { escape: true })))
     strays.push(grandchild)
     // The child exits on its own: its escaped grandchild now belongs to init, holding the child's stdio.
@@ -201,7 +198,7 @@ describe("a child that forks a grandchild that keeps running", () => {
 
   it("leaves no grandchild of either kind when the gateway is SIGKILLed", async () => {
     const { running } = await start(servers)
-    const session = await openSession(running, "")
+    const session = await openListedSession(running, "")
     const child = childInMode(running, "forks")
     const inGroup = Number(textOf(await call(session, 1, "forks__fork", { escape: false })))
     const escaped = Number(textOf(await call(session, 2, "forks__fork", { escape: true })))
@@ -224,9 +221,7 @@ describe("a child that exits during initialize", () => {
       broken: node("mini-server.mjs", "exit-on-initialize"),
       mini: node("mini-server.mjs"),
     })
-    const connection = await connect(running)
-    const channel = await openLineChannel(connection, { exec: "" })
-    channel.exit.finally(() => connection.end())
+    const channel = await openSession(running, "")
     const sent = Date.now()
     expect(await channel.initialize()).toMatchObject({ result: { serverInfo: { name: "mcp-ssh" } } })
     // Not held for the 5 s startup wait: the failed start settles it.
@@ -276,7 +271,7 @@ describe("a child whose request the client never answers", () => {
 
   it("answers the child with -32001 at the server's timeout and tells the client it is cancelled", async () => {
     const { running, descriptors } = await start(servers)
-    const channel = await openSession(running, "")
+    const channel = await openListedSession(running, "")
     const methods = ["sampling/createMessage", "roots/list", "elicitation/create"]
     const ids: Array<number> = []
     for (const [index, method] of methods.entries()) {
@@ -324,7 +319,7 @@ describe("a child whose request the client never answers", () => {
 
   it("passes an answer in time back to the child", async () => {
     const { running } = await start(servers)
-    const channel = await openSession(running, "patient")
+    const channel = await openListedSession(running, "patient")
     await call(channel, 1, "patient__ask", { method: "roots/list" })
     const request = await forwarded(channel, "roots/list")
     channel.send({ jsonrpc: "2.0", id: request.id as number, result: { roots: [] } })
@@ -340,7 +335,7 @@ describe("a child whose request the client never answers", () => {
 
   it("forgets a pending request when the session closes: nothing fires later, nothing is left", async () => {
     const { running, descriptors } = await start(servers)
-    const channel = await openSession(running, "")
+    const channel = await openListedSession(running, "")
     await call(channel, 1, "patient__ask", { method: "sampling/createMessage" })
     await forwarded(channel, "sampling/createMessage")
     await close(channel)
@@ -350,7 +345,7 @@ describe("a child whose request the client never answers", () => {
     expect(running.log()).not.toMatch(/cancelled request \d+ of server 'patient'/)
     await waitForDescriptorsBackTo(running.pid, descriptors)
     // And the gateway still serves.
-    const next = await openSession(running, "mini")
+    const next = await openListedSession(running, "mini")
     await echoes(next, 1, "mini")
     await close(next)
   })

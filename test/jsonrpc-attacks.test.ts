@@ -25,7 +25,7 @@ import {
   waitForDescriptorsBackTo,
   waitUntil,
 } from "./support/processes.js"
-import { connect, type LineChannel, openLineChannel } from "./support/ssh.js"
+import { type LineChannel, openSession } from "./support/ssh.js"
 
 const MiB = 1024 * 1024
 const defaultMaxLineBytes = 16 * MiB
@@ -36,15 +36,8 @@ let otherKey: ClientKey
 /** A session opened before any attack, which every attack must leave working. */
 let bystander: LineChannel
 
-const session = async (servers = "mini", key?: ClientKey): Promise<LineChannel> => {
-  const connection = await connect(
-    gateway,
-    key === undefined ? {} : { privateKey: readFileSync(key.privatePath) },
-  )
-  const channel = await openLineChannel(connection, { exec: servers })
-  channel.exit.finally(() => connection.end())
-  return channel
-}
+const session = (servers = "mini", key?: ClientKey): Promise<LineChannel> =>
+  openSession(gateway, servers, key === undefined ? {} : { privateKey: readFileSync(key.privatePath) })
 
 beforeAll(async () => {
   keysDir = tempDir()

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { disposeGateway, node, type RunningGateway, startGateway } from "./support/gateway.js"
-import { connect, type LineChannel, openLineChannel } from "./support/ssh.js"
+import { type LineChannel, openSession } from "./support/ssh.js"
 
 let gateway: RunningGateway
 
@@ -22,12 +22,7 @@ beforeAll(async () => {
 })
 afterAll(() => disposeGateway(gateway))
 
-const session = async (server: string): Promise<LineChannel> => {
-  const connection = await connect(gateway)
-  const channel = await openLineChannel(connection, { exec: server })
-  channel.exit.finally(() => connection.end())
-  return channel
-}
+const session = (server: string): Promise<LineChannel> => openSession(gateway, server)
 
 const stillServes = async (channel: LineChannel, id: number) =>
   expect(await channel.request(id, "ping")).toMatchObject({ id, result: {} })

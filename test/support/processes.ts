@@ -1,5 +1,6 @@
 /** The process table, read from /proc: what a process started, and whether it still runs. */
 import { readdirSync, readFileSync } from "node:fs"
+import { processStat } from "../../src/platform/processTree.js"
 
 interface ProcessInfo {
   readonly pid: number
@@ -8,15 +9,12 @@ interface ProcessInfo {
   readonly state: string
 }
 
-const readStat = (pid: number): ProcessInfo | undefined => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return { pid, state: fields[0] ?? "", ppid: Number(fields[1]), pgid: Number(fields[2]) }
-  } catch {
-    return undefined
-  }
+/** One process as the tests look at it, read with the gateway's own /proc/PID/stat parser. */
+export const readStat = (pid: number): ProcessInfo | undefined => {
+  const stat = processStat(pid)
+  return stat === undefined
+    ? undefined
+    : { pid, state: stat.state, ppid: stat.parent, pgid: stat.processGroup }
 }
 
 export const allProcesses = (): Array<ProcessInfo> =>

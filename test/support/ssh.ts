@@ -157,6 +157,21 @@ export const openLineChannel = (client: Ssh2Connection, kind: ChannelKind = { su
     else client.shell(false, done)
   })
 
+/**
+ * A new connection with one exec channel serving `servers` (empty: every server); the connection
+ * ends when the channel closes.
+ */
+export const openSession = async (
+  gateway: RunningGateway,
+  servers: string,
+  config: Parameters<typeof connect>[1] = {},
+): Promise<LineChannel> => {
+  const connection = await connect(gateway, config)
+  const channel = await openLineChannel(connection, { exec: servers })
+  channel.exit.finally(() => connection.end())
+  return channel
+}
+
 /** An MCP SDK transport over an ssh2 channel, so the SDK's Client can talk through ssh2. */
 export class ChannelTransport implements Transport {
   onclose?: () => void
