@@ -2,6 +2,7 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
 import { join } from "node:path"
 import { repoRoot } from "./gateway.js"
+import { type Watchers, waitForMatch } from "./waiting.js"
 
 export const clientScript = join(repoRoot, "dist/client.js")
 
@@ -29,7 +30,7 @@ export const startClient = (args: ReadonlyArray<string>, home: string): RunningC
   })
   const chunks: Array<Buffer> = []
   let stderr = ""
-  const watchers = new Set<() => void>()
+  const watchers: Watchers = new Set()
   child.stdout.on("data", (chunk: Buffer) => {
     chunks.push(chunk)
     for (const watcher of watchers) watcher()
@@ -61,27 +62,15 @@ export const startClient = (args: ReadonlyArray<string>, home: string): RunningC
     send: (message) =>
       child.stdin.write(typeof message === "string" ? message : `${JSON.stringify(message)}\n`),
     waitFor: (match, timeoutMs = 10_000) =>
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const found = messages().find(match)
-          if (found !== undefined) {
-            cleanup()
-            resolve(found)
-          } else if (child.exitCode !== null || child.signalCode !== null) {
-            cleanup()
-            reject(new Error(`client exited without the message; stderr:\n${stderr}`))
-          }
-        }
-        const timer = setTimeout(() => {
-          cleanup()
-          reject(new Error(`no matching message within ${timeoutMs} ms; stderr:\n${stderr}`))
-        }, timeoutMs)
-        const cleanup = () => {
-          clearTimeout(timer)
-          watchers.delete(check)
-        }
-        watchers.add(check)
-        check()
+      waitForMatch({
+        watchers,
+        find: () => messages().find(match),
+        ended: () =>
+          child.exitCode !== null || child.signalCode !== null
+            ? `client exited without the message; stderr:\n${stderr}`
+            : undefined,
+        timeoutMs,
+        timedOut: () => `no matching message within ${timeoutMs} ms; stderr:\n${stderr}`,
       }),
     exited,
   }

@@ -7,6 +7,7 @@ import { mkdtempSync, writeFileSync } from "node:fs"
 import { chmod, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
+import { type Watchers, waitForMatch } from "./waiting.js"
 
 export const repoRoot = resolve(import.meta.dirname, "../..")
 export const mainScript = join(repoRoot, "dist/main.js")
@@ -115,7 +116,7 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
   )
   let output = ""
-  const watchers = new Set<() => void>()
+  const watchers: Watchers = new Set()
   const onData = (chunk: Buffer) => {
     output += chunk.toString()
     for (const watcher of watchers) watcher()
@@ -129,27 +130,15 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
     }),
   )
   const waitForLog = (pattern: RegExp, timeoutMs = 15_000) =>
-    new Promise<string>((resolveLine, reject) => {
-      const check = () => {
-        const line = output.split("\n").find((candidate) => pattern.test(candidate))
-        if (line !== undefined) {
-          cleanup()
-          resolveLine(line)
-        } else if (child.exitCode !== null || child.signalCode !== null) {
-          cleanup()
-          reject(new Error(`gateway exited before logging ${pattern}:\n${output}`))
-        }
-      }
-      const timer = setTimeout(() => {
-        cleanup()
-        reject(new Error(`timed out waiting for ${pattern} in:\n${output}`))
-      }, timeoutMs)
-      const cleanup = () => {
-        clearTimeout(timer)
-        watchers.delete(check)
-      }
-      watchers.add(check)
-      check()
+    waitForMatch({
+      watchers,
+      find: () => output.split("\n").find((candidate) => pattern.test(candidate)),
+      ended: () =>
+        child.exitCode !== null || child.signalCode !== null
+          ? `gateway exited before logging ${pattern}:\n${output}`
+          : undefined,
+      timeoutMs,
+      timedOut: () => `timed out waiting for ${pattern} in:\n${output}`,
     })
   const ready = async () => {
     const listening = await waitForLog(/SSH server listening on/)

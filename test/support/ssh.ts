@@ -5,6 +5,7 @@ import type { JSONRPCMessage, Transport } from "@modelcontextprotocol/client"
 import type { ClientChannel, ConnectConfig, Client as Ssh2Connection } from "ssh2"
 import ssh2 from "ssh2"
 import type { RunningGateway } from "./gateway.js"
+import { type Watchers, waitForMatch } from "./waiting.js"
 
 const { Client } = ssh2
 
@@ -47,7 +48,7 @@ export class LineChannel {
   stderr = ""
   readonly exit: Promise<number | null>
   private buffer = ""
-  private waiters = new Set<() => void>()
+  private readonly waiters: Watchers = new Set()
 
   constructor(readonly channel: ClientChannel) {
     channel.on("data", (chunk: Buffer) => {
@@ -89,24 +90,11 @@ export class LineChannel {
     match: (message: Record<string, unknown>) => boolean,
     timeoutMs = 10_000,
   ): Promise<Record<string, unknown>> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const found = this.messages.find(match)
-        if (found !== undefined) {
-          cleanup()
-          resolve(found)
-        }
-      }
-      const timer = setTimeout(() => {
-        cleanup()
-        reject(new Error(`no matching message within ${timeoutMs} ms; got ${JSON.stringify(this.messages)}`))
-      }, timeoutMs)
-      const cleanup = () => {
-        clearTimeout(timer)
-        this.waiters.delete(check)
-      }
-      this.waiters.add(check)
-      check()
+    return waitForMatch({
+      watchers: this.waiters,
+      find: () => this.messages.find(match),
+      timeoutMs,
+      timedOut: () => `no matching message within ${timeoutMs} ms; got ${JSON.stringify(this.messages)}`,
     })
   }
 
