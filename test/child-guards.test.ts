@@ -1,7 +1,13 @@
 /** The pure parts of the guards against misbehaving children: the stderr log budget, /proc/PID/stat. */
 import { describe, expect, it } from "vitest"
-import { admit, freshLogBudget, readPause, rollOver, untilWindowEnds } from "../src/domain/logBudget.js"
-import { parseProcessStat } from "../src/domain/processStat.js"
+import {
+  admit,
+  freshLogBudget,
+  readPause,
+  rollOver,
+  untilWindowEnds,
+} from "../src/gateway/children/logBudget.js"
+import { parseProcessStat } from "../src/gateway/children/processStat.js"
 
 const policy = { maxLines: 3, maxBytes: 1000, windowMillis: 1000 }
 

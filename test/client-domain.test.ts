@@ -10,15 +10,6 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import {
-  expandHome,
-  isPlainHttpOverNetwork,
-  keyServerBase,
-  parseLogLevel,
-  parseServers,
-  redirectProblem,
-  sessionCommand,
-} from "../src/domain/clientSettings.js"
-import {
   hashedKnownHostsLine,
   hostKeyAlgorithms,
   hostMatches,
@@ -28,13 +19,22 @@ import {
   parseKnownHosts,
   preferredHostKeyAlgorithms,
   verifyHostKey,
-} from "../src/domain/knownHosts.js"
+} from "../src/client/knownHostsFormat.js"
 import {
   connectionLostResponse,
   type LineFacts,
   LineScanner,
   PendingRequests,
-} from "../src/domain/requestTracker.js"
+} from "../src/client/requestTracker.js"
+import {
+  expandHome,
+  isPlainHttpOverNetwork,
+  keyServerBase,
+  parseLogLevel,
+  parseServers,
+  redirectProblem,
+  sessionCommand,
+} from "../src/client/settings.js"
 
 const dir = mkdtempSync(join(tmpdir(), "mcp-ssh-client-domain-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))

@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { version } from "../src/version.js"
+import { version } from "../src/shared/version.js"
 import { fixture, mainScript, repoRoot, tempDir } from "./support/gateway.js"
 
 interface Run {

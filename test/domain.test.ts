@@ -8,22 +8,22 @@ import { join } from "node:path"
 import { Either } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
+  childEnvironment,
+  decodeServersConfig,
+  decodeSettings,
+  expandEnvValue,
+  gatewaySettings,
+} from "../src/gateway/config/settings.js"
+import { type Classified, classifyLine, ErrorCode, recoverId } from "../src/shared/jsonRpc.js"
+import { type Frame, LineFramer } from "../src/shared/lineFramer.js"
+import {
   fingerprintOf,
   isKeyProblem,
   type KeyProblem,
   type PublicKey,
   parseAuthorizedKeys,
   parsePublicKey,
-} from "../src/domain/authorizedKeys.js"
-import {
-  childEnvironment,
-  decodeServersConfig,
-  decodeSettings,
-  expandEnvValue,
-  gatewaySettings,
-} from "../src/domain/config.js"
-import { type Classified, classifyLine, ErrorCode, recoverId } from "../src/domain/jsonRpc.js"
-import { type Frame, LineFramer } from "../src/domain/lineFramer.js"
+} from "../src/shared/publicKey.js"
 import { tempDir } from "./support/gateway.js"
 
 const text = (frame: Frame | undefined): string => {

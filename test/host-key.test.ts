@@ -7,9 +7,9 @@ import { chmodSync, existsSync, readFileSync, rmSync, statSync } from "node:fs"
 import { join } from "node:path"
 import { Cause, Effect, Exit, Logger, LogLevel, Option } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { HostKeyError } from "../src/domain/errors.js"
-import { generateEd25519KeyPair, utils } from "../src/platform/ssh2.js"
-import { loadHostKey } from "../src/services/HostKey.js"
+import { HostKeyError } from "../src/gateway/errors.js"
+import { loadHostKey } from "../src/gateway/ssh/HostKey.js"
+import { generateEd25519KeyPair, utils } from "../src/shared/ssh2.js"
 import { tempDir } from "./support/gateway.js"
 
 const load = (path: string, passphrase?: string) =>

@@ -5,9 +5,10 @@
 import { generateKeyPairSync } from "node:crypto"
 import { Either } from "effect"
 import { describe, expect, it } from "vitest"
-import { fingerprintOf, isKeyProblem, type PublicKey } from "../src/domain/authorizedKeys.js"
-import { appendKey, readStoredKeys, removeKey } from "../src/domain/authorizedKeysFile.js"
-import { decodeSettings } from "../src/domain/config.js"
+import { decodeSettings } from "../src/gateway/config/settings.js"
+import { appendKey, readStoredKeys, removeKey } from "../src/gateway/keys/authorizedKeysFile.js"
+import { bearerToken, registrationPolicyProblem } from "../src/gateway/keys/keyApiRules.js"
+import { isIdle, rateLimitKey, take } from "../src/gateway/keys/tokenBucket.js"
 import {
   checkToken,
   formatToken,
@@ -17,10 +18,10 @@ import {
   parseTtl,
   redeemToken,
   secretsEqual,
-} from "../src/domain/enrollmentTokens.js"
-import { bearerToken, isLoopbackHost, registrationPolicyProblem } from "../src/domain/keyApi.js"
-import { validateSubmittedKey } from "../src/domain/submittedKey.js"
-import { isIdle, rateLimitKey, take } from "../src/domain/tokenBucket.js"
+} from "../src/gateway/keys/tokens.js"
+import { isLoopbackHost } from "../src/shared/net.js"
+import { fingerprintOf, isKeyProblem, type PublicKey } from "../src/shared/publicKey.js"
+import { validateSubmittedKey } from "../src/shared/submittedKey.js"
 
 const sshString = (data: string | Buffer): Buffer => {
   const bytes = Buffer.from(data)

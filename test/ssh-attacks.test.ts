@@ -13,7 +13,7 @@ import { type Socket, connect as tcpConnect } from "node:net"
 import { join } from "node:path"
 import ssh2, { type Algorithms, type ClientChannel, type Client as Ssh2Connection } from "ssh2"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { maxIdentificationBytes } from "../src/services/SshServer.js"
+import { maxIdentificationBytes } from "../src/gateway/ssh/SshServer.js"
 import {
   type ClientKey,
   disposeGateway,

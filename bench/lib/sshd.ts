@@ -107,7 +107,7 @@ export interface ForcedCommand {
   readonly command: string
 }
 
-/** The gateway's algorithm lists (src/services/SshServer.ts), so both servers negotiate the same ones. */
+/** The gateway's algorithm lists (src/gateway/ssh/SshServer.ts), so both servers negotiate the same ones. */
 const algorithms = [
   "KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org",
   "Ciphers aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr",

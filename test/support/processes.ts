@@ -1,6 +1,6 @@
 /** The process table, read from /proc: what a process started, and whether it still runs. */
 import { readdirSync, readFileSync } from "node:fs"
-import { processStat } from "../../src/platform/processTree.js"
+import { processStat } from "../../src/gateway/children/processTree.js"
 
 interface ProcessInfo {
   readonly pid: number

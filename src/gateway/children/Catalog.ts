@@ -1,0 +1,173 @@
+/**
+ * What each configured server offers, learned once at gateway start by starting it, initializing it
+ * and listing its tools and prompts. It lets the gateway refuse a configuration whose merged names
+ * collide before any client sees it, and declare a slow server's capabilities before it is up.
+ */
+import { Context, Duration, Effect, Layer, Option } from "effect"
+import {
+  ErrorCode,
+  errorResponse,
+  isRequest,
+  type JsonObject,
+  type JsonRpcResponse,
+} from "../../shared/jsonRpc.js"
+import { version } from "../../shared/version.js"
+import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
+import { ConfigError } from "../errors.js"
+import { isObject, latestHandshakeVersion } from "../hub/mcp.js"
+import { exposedName, findCollisions, type NamedEntry } from "../hub/naming.js"
+import { Upstream, type UpstreamConnection } from "./Upstream.js"
+
+export interface ServerProfile {
+  readonly capabilities: JsonObject
+  readonly instructions: string | undefined
+}
+
+export interface CatalogShape {
+  /** Profiles of the servers that could be probed; a server that failed its probe has none. */
+  readonly profile: (server: string) => Option.Option<ServerProfile>
+}
+
+export class Catalog extends Context.Tag("mcp-ssh/Catalog")<Catalog, CatalogShape>() {}
+
+/** Every page of a list, following the server's cursors (bounded, in case a server loops). */
+export const listAll = (connection: UpstreamConnection, method: string, itemsKey: string) =>
+  Effect.gen(function* () {
+    const items: Array<unknown> = []
+    let cursor: string | undefined
+    for (let page = 0; page < 1000; page++) {
+      const response: JsonRpcResponse = yield* connection.request({
+        jsonrpc: "2.0",
+        id: `list-${page}`,
+        method,
+        ...(cursor === undefined ? {} : { params: { cursor } }),
+      })
+      const result = response.result
+      if (!isObject(result)) break
+      const pageItems = result[itemsKey]
+      if (Array.isArray(pageItems)) items.push(...pageItems)
+      cursor =
+        typeof result.nextCursor === "string" && result.nextCursor !== "" ? result.nextCursor : undefined
+      if (cursor === undefined) break
+    }
+    return items
+  })
+
+const namesOf = (items: ReadonlyArray<unknown>): Array<string> =>
+  items.flatMap((item) => (isObject(item) && typeof item.name === "string" ? [item.name] : []))
+
+interface ProbeResult {
+  readonly server: ChildServer
+  readonly profile: ServerProfile
+  readonly tools: ReadonlyArray<string>
+  readonly prompts: ReadonlyArray<string>
+}
+
+const probe = (
+  upstream: Upstream["Type"],
+  server: ChildServer,
+  options: { maxLineBytes: number; timeout: Duration.Duration },
+) =>
+  Effect.gen(function* () {
+    const connection = yield* upstream.start(server, {
+      maxLineBytes: options.maxLineBytes,
+      stopTimeout: Duration.seconds(1),
+      requestTimeout: options.timeout,
+      // Nobody is there to answer a request the server makes during the probe.
+      onMessage: (connection, message) =>
+        isRequest(message)
+          ? connection
+              .send(
+                errorResponse(message.id, {
+                  code: ErrorCode.MethodNotFound,
+                  message: "not available while probing",
+                }),
+              )
+              .pipe(Effect.ignore)
+          : Effect.void,
+    })
+    const response = yield* connection.request({
+      jsonrpc: "2.0",
+      id: "probe",
+      method: "initialize",
+      params: {
+        protocolVersion: latestHandshakeVersion,
+        // Servers offer some tools only to clients that can sample, elicit or list roots: claim all,
+        // so every name that could collide is seen.
+        capabilities: { sampling: {}, elicitation: {}, roots: { listChanged: true } },
+        clientInfo: { name: "mcp-ssh-probe", version },
+      },
+    })
+    const result = isObject(response.result) ? response.result : {}
+    yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
+    const capabilities = isObject(result.capabilities) ? result.capabilities : {}
+    const tools =
+      capabilities.tools === undefined ? [] : namesOf(yield* listAll(connection, "tools/list", "tools"))
+    const prompts =
+      capabilities.prompts === undefined ? [] : namesOf(yield* listAll(connection, "prompts/list", "prompts"))
+    return {
+      server,
+      profile: {
+        capabilities,
+        instructions: typeof result.instructions === "string" ? result.instructions : undefined,
+      },
+      tools,
+      prompts,
+    } satisfies ProbeResult
+  }).pipe(Effect.scoped, Effect.timeout(options.timeout))
+
+const describeEntry = (kind: string, entry: NamedEntry) =>
+  `${kind} '${entry.name}' of server '${entry.server}'`
+
+export const CatalogLive = Layer.effect(
+  Catalog,
+  Effect.gen(function* () {
+    const config = yield* GatewayConfig
+    const upstream = yield* Upstream
+    const timeout = Duration.seconds(config.settings.startupTimeout)
+    const results = yield* Effect.forEach(
+      config.servers,
+      (server) =>
+        probe(upstream, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
+          Effect.tapError((error) =>
+            Effect.logWarning(
+              `could not probe server '${server.name}' at start (${error._tag === "TimeoutException" ? `no answer within ${Duration.format(timeout)}` : error.message}); it is still tried for each session`,
+            ),
+          ),
+          Effect.option,
+        ),
+      { concurrency: "unbounded" },
+    )
+    const probed = results.flatMap((result) => (Option.isSome(result) ? [result.value] : []))
+    for (const [kind, pick] of [
+      ["tool", (result: ProbeResult) => result.tools],
+      ["prompt", (result: ProbeResult) => result.prompts],
+    ] as const) {
+      const entries = probed.flatMap((result) =>
+        pick(result).map((name) => ({
+          server: result.server.name,
+          name,
+          exposed: exposedName(result.server.name, result.server.prefix, name),
+        })),
+      )
+      const collisions = findCollisions(entries)
+      if (collisions.length > 0) {
+        return yield* new ConfigError({
+          message: `${config.configPath}: merged names collide; give one server a different "prefix":\n${collisions
+            .map(
+              ([first, second]) =>
+                `  '${first.exposed}': ${describeEntry(kind, first)} and ${describeEntry(kind, second)}`,
+            )
+            .join("\n")}`,
+        })
+      }
+    }
+    for (const result of probed) {
+      yield* Effect.logInfo(
+        `server '${result.server.name}': ${result.tools.length} tool(s), ${result.prompts.length} prompt(s)`,
+      )
+    }
+    const profiles = new Map(probed.map((result) => [result.server.name, result.profile]))
+    return { profile: (server: string) => Option.fromNullable(profiles.get(server)) }
+  }),
+)

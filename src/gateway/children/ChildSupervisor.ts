@@ -1,0 +1,163 @@
+/**
+ * Keeps one child MCP server of a session running: starts it, does the initialize handshake with the
+ * client's capabilities, relays what it sends, and when it stops restarts it with capped exponential
+ * backoff. Closing the session's scope stops it for good.
+ */
+import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
+import { ErrorCode, type JsonObject } from "../../shared/jsonRpc.js"
+import type { ChildServer } from "../config/GatewayConfig.js"
+import { UpstreamError } from "../errors.js"
+import { isObject } from "../hub/mcp.js"
+import type { ChildMessage, Upstream, UpstreamConnection, UpstreamOptions } from "./Upstream.js"
+
+/** What the gateway tells a child in initialize: the client's own version, capabilities and identity. */
+export interface ClientHandshake {
+  readonly protocolVersion: string
+  readonly capabilities: JsonObject
+  readonly clientInfo: JsonObject
+}
+
+export interface ReadyChild {
+  readonly _tag: "Ready"
+  readonly connection: UpstreamConnection
+  readonly capabilities: JsonObject
+  readonly instructions: string | undefined
+  readonly protocolVersion: string
+}
+
+export type ChildState =
+  | { readonly _tag: "Starting" }
+  | ReadyChild
+  | { readonly _tag: "Down"; readonly reason: string; readonly retryInMillis: number }
+
+export interface SupervisedChild {
+  readonly server: ChildServer
+  readonly state: () => ChildState
+  /** Completes once the first start has succeeded or failed. */
+  readonly settled: Effect.Effect<void>
+}
+
+export interface SupervisorHooks {
+  readonly handshake: Effect.Effect<ClientHandshake>
+  readonly logLevel: () => string | undefined
+  readonly onMessage: (
+    child: SupervisedChild,
+    connection: UpstreamConnection,
+    message: ChildMessage,
+  ) => Effect.Effect<void>
+  readonly onStateChange: (
+    child: SupervisedChild,
+    previous: ChildState,
+    next: ChildState,
+  ) => Effect.Effect<void>
+}
+
+export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout" | "onMessage"> {
+  readonly startupTimeout: Duration.Duration
+  readonly backoffBase?: Duration.Duration
+  readonly backoffCap?: Duration.Duration
+}
+
+/** A child that stayed up this long is considered healthy again: its next restart starts fast. */
+const stableAfter = Duration.seconds(30)
+
+export const backoffDelay = (
+  failures: number,
+  base: Duration.Duration,
+  cap: Duration.Duration,
+): Duration.Duration => Duration.min(Duration.times(base, 2 ** Math.min(failures, 20)), cap)
+
+const initializeFailed = (server: string, reason: string) =>
+  new UpstreamError({ server, code: ErrorCode.ServerUnavailable, reason })
+
+export const superviseChild = (
+  upstream: Upstream["Type"],
+  server: ChildServer,
+  options: SupervisorOptions,
+  hooks: SupervisorHooks,
+): Effect.Effect<SupervisedChild, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    let state: ChildState = { _tag: "Starting" }
+    const firstSettled = yield* Deferred.make<void>()
+    const child: SupervisedChild = { server, state: () => state, settled: Deferred.await(firstSettled) }
+    const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.annotateLogs(effect, { server: server.name })
+
+    const setState = (next: ChildState) =>
+      Effect.suspend(() => {
+        const previous = state
+        state = next
+        if (next._tag !== "Starting") Deferred.unsafeDone(firstSettled, Exit.void)
+        return hooks.onStateChange(child, previous, next)
+      })
+
+    /** One life of the child: start, handshake, serve until it exits. Returns how long it was up. */
+    const life = Effect.gen(function* () {
+      const connection = yield* upstream.start(server, {
+        maxLineBytes: options.maxLineBytes,
+        stopTimeout: options.stopTimeout,
+        requestTimeout: Duration.seconds(server.requestTimeout),
+        onMessage: (connection, message) => hooks.onMessage(child, connection, message),
+      })
+      const handshake = yield* hooks.handshake
+      const response = yield* connection
+        .request({ jsonrpc: "2.0", id: "initialize", method: "initialize", params: { ...handshake } })
+        .pipe(
+          Effect.timeoutFail({
+            duration: options.startupTimeout,
+            onTimeout: () =>
+              initializeFailed(
+                server.name,
+                `did not answer initialize within ${Duration.format(options.startupTimeout)}`,
+              ),
+          }),
+        )
+      const result = response.result
+      if (response.error !== undefined || !isObject(result)) {
+        return yield* initializeFailed(
+          server.name,
+          `refused initialize: ${response.error?.message ?? "the result is not an object"}`,
+        )
+      }
+      yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
+      const capabilities = isObject(result.capabilities) ? result.capabilities : {}
+      const level = hooks.logLevel()
+      if (level !== undefined && capabilities.logging !== undefined) {
+        yield* connection
+          .request({ jsonrpc: "2.0", id: "set-level", method: "logging/setLevel", params: { level } })
+          .pipe(Effect.ignore)
+      }
+      const readyAt = Date.now()
+      yield* setState({
+        _tag: "Ready",
+        connection,
+        capabilities,
+        instructions: typeof result.instructions === "string" ? result.instructions : undefined,
+        protocolVersion:
+          typeof result.protocolVersion === "string" ? result.protocolVersion : handshake.protocolVersion,
+      })
+      yield* log(Effect.logDebug("ready"))
+      const exited = yield* connection.exited
+      return { reason: exited.message, upMillis: Date.now() - readyAt }
+    }).pipe(Effect.scoped)
+
+    const base = options.backoffBase ?? Duration.millis(250)
+    const cap = options.backoffCap ?? Duration.seconds(30)
+    const keepRunning = Effect.gen(function* () {
+      let failures = 0
+      while (true) {
+        const outcome = yield* life.pipe(Effect.either)
+        const reason =
+          outcome._tag === "Left" ? outcome.left.message : `server '${server.name}' ${outcome.right.reason}`
+        if (outcome._tag === "Right" && outcome.right.upMillis >= Duration.toMillis(stableAfter)) failures = 0
+        const delay = backoffDelay(failures, base, cap)
+        failures++
+        yield* log(Effect.logWarning(`${reason}; restarting in ${Duration.format(delay)}`))
+        yield* setState({ _tag: "Down", reason, retryInMillis: Duration.toMillis(delay) })
+        yield* Effect.sleep(delay)
+        yield* setState({ _tag: "Starting" })
+      }
+    })
+    yield* Effect.forkScoped(keepRunning)
+    return child
+  })

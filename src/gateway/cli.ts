@@ -1,0 +1,102 @@
+/** mcp-ssh-server: serve the MCP servers of servers_config.json to SSH clients. */
+import { Command, Options } from "@effect/cli"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import { Console, Effect, Option } from "effect"
+import { version } from "../shared/version.js"
+import { type FlagValues, loadGatewayConfig } from "./config/GatewayConfig.js"
+import { envName, flagName, gatewaySettings, type SettingKey, settingKeys } from "./config/settings.js"
+import { keysCommand, tokensCommand } from "./keys/adminCommands.js"
+import { KeyStore } from "./keys/KeyStore.js"
+import { HostKey } from "./ssh/HostKey.js"
+
+const describe = (key: SettingKey): string => {
+  const spec = gatewaySettings[key]
+  const fallback = spec.default === undefined ? "" : ` (default: ${String(spec.default)})`
+  return `${spec.doc}${fallback}; env ${envName(key)}`
+}
+
+/** One option per setting; "not given" stays distinguishable so env and the JSON file can fill it. */
+const settingOptions = Object.fromEntries(
+  settingKeys.map((key) => [
+    key,
+    typeof gatewaySettings[key].default === "boolean"
+      ? Options.boolean(flagName(key)).pipe(
+          Options.withDescription(describe(key)),
+          Options.map((on) => (on ? Option.some<string | boolean>(true) : Option.none())),
+        )
+      : Options.text(flagName(key)).pipe(
+          Options.withDescription(describe(key)),
+          Options.optional,
+          Options.map(Option.map((text): string | boolean => text)),
+        ),
+  ]),
+) as Record<SettingKey, Options.Options<Option.Option<string | boolean>>>
+
+const serversConfigOption = Options.text("servers-config").pipe(
+  Options.withDescription("servers config JSON (default: servers_config.json); env MCP_SSH_SERVERS_CONFIG"),
+  Options.optional,
+)
+
+const command = Command.make(
+  "mcp-ssh-server",
+  { settings: Options.all(settingOptions), serversConfig: serversConfigOption },
+  ({ settings, serversConfig }) => {
+    const flags: FlagValues = {}
+    for (const key of settingKeys) {
+      const value = settings[key]
+      if (Option.isSome(value)) flags[key] = value.value
+    }
+    if (Option.isSome(serversConfig)) flags.serversConfig = serversConfig.value
+    return runGateway(flags)
+  },
+)
+
+const runGateway = (flags: FlagValues) =>
+  Effect.gen(function* () {
+    const config = yield* loadGatewayConfig(flags, process.env)
+    // Loaded here rather than at the top, so `keys` and `tokens` start without the gateway's modules.
+    const { gatewayFromConfig, loggerLayer } = yield* Effect.promise(() => import("./layers.js"))
+    const { SshServer } = yield* Effect.promise(() => import("./ssh/SshServer.js"))
+    const app = gatewayFromConfig(config)
+    yield* Effect.gen(function* () {
+      const { address } = yield* SshServer
+      const hostKey = yield* HostKey
+      const keyStore = yield* KeyStore
+      yield* Effect.logInfo(
+        `ready: ${config.servers.length} server(s) from ${config.configPath}; host key ${hostKey.fingerprint}; ` +
+          `clients from ${keyStore.path}; connect with: ssh -T -p ${address.port} -i <your key> mcp@${address.address}`,
+      )
+      return yield* Effect.never
+    }).pipe(Effect.provide(app), Effect.provide(loggerLayer(config.settings.logLevel)))
+  }).pipe(
+    Effect.catchTags({
+      ConfigError: (error) => fail(`configuration error: ${error.message}`),
+      HostKeyError: (error) => fail(error.message),
+      ListenError: (error) => fail(error.message),
+    }),
+  )
+
+const fail = (message: string) =>
+  Console.error(`mcp-ssh-server: ${message}`).pipe(
+    Effect.zipRight(
+      Effect.sync(() => {
+        process.exitCode = 1
+      }),
+    ),
+  )
+
+// Without a subcommand the root command runs the gateway; `keys` and `tokens` administer offline.
+const cli = Command.run(command.pipe(Command.withSubcommands([keysCommand, tokensCommand])), {
+  name: "mcp-ssh-server",
+  version,
+})
+
+// The gateway logs logfmt to stderr (loggerLayer); runMain's default pretty logger would repeat every
+// line on stdout.
+/** Run the gateway (or an admin subcommand) with the process's arguments. */
+export const main = (): void =>
+  cli(process.argv).pipe(
+    Effect.provide(NodeContext.layer),
+    NodeRuntime.runMain({ disablePrettyLogger: true }),
+  )

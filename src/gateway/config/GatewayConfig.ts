@@ -1,0 +1,196 @@
+/**
+ * The gateway's resolved configuration: settings from flags > MCP_SSH_* variables > the JSON file's
+ * `gateway` object > defaults, and the child servers of servers_config.json ready to spawn.
+ */
+import { access, readFile } from "node:fs/promises"
+import { homedir } from "node:os"
+import { dirname, resolve } from "node:path"
+import { Config, Context, Effect, Either, Option } from "effect"
+import { ConfigError } from "../errors.js"
+import { registrationPolicyProblem } from "../keys/keyApiRules.js"
+import {
+  childEnvironment,
+  decodeServersConfig,
+  decodeSettings,
+  envName,
+  expandEnvValue,
+  flagName,
+  type GatewaySettings,
+  type RawSetting,
+  type ServersConfigFile,
+  type SettingKey,
+  settingKeys,
+} from "./settings.js"
+
+export interface ChildServer {
+  readonly name: string
+  readonly command: string
+  readonly args: ReadonlyArray<string>
+  /** The complete environment of the child: a safe inherited set plus what the config names. */
+  readonly env: Readonly<Record<string, string>>
+  readonly cwd: string | undefined
+  /** See ServerSpec.prefix: undefined means the server's name. */
+  readonly prefix: string | undefined
+  /** Seconds a request may go without an answer or progress. */
+  readonly requestTimeout: number
+}
+
+export interface GatewayConfigShape {
+  readonly configPath: string
+  readonly settings: GatewaySettings
+  /** Enabled servers, in config order. */
+  readonly servers: ReadonlyArray<ChildServer>
+}
+
+export class GatewayConfig extends Context.Tag("mcp-ssh/GatewayConfig")<
+  GatewayConfig,
+  GatewayConfigShape
+>() {}
+
+/** Values given on the command line; absent means "not given", so lower layers may set them. */
+export type FlagValues = Partial<Record<SettingKey | "serversConfig", string | number | boolean>>
+
+export const expandHome = (path: string): string =>
+  path === "~" ? homedir() : path.startsWith("~/") ? resolve(homedir(), path.slice(2)) : path
+
+const serversConfigVariable = "MCP_SSH_SERVERS_CONFIG"
+const defaultRequestTimeout = 60
+
+/** Read MCP_SSH_* through the ambient ConfigProvider, so tests can swap the environment. */
+const readEnvironmentSettings = Effect.gen(function* () {
+  const found: Partial<Record<SettingKey, RawSetting>> = {}
+  for (const key of settingKeys) {
+    const value = yield* Config.option(Config.string(envName(key)))
+    if (Option.isSome(value)) found[key] = { value: value.value, source: envName(key) }
+  }
+  return found
+}).pipe(Effect.orDie)
+
+const readJson = (path: string) =>
+  Effect.tryPromise({
+    try: () => readFile(path, "utf8"),
+    catch: (error) =>
+      new ConfigError({
+        message: `${path}: cannot read the servers config: ${error instanceof Error ? error.message : String(error)}`,
+      }),
+  }).pipe(
+    Effect.flatMap((text) =>
+      Effect.try({
+        try: (): unknown => JSON.parse(text),
+        catch: (error) =>
+          new ConfigError({
+            message: `${path}: not valid JSON: ${error instanceof Error ? error.message : String(error)}`,
+          }),
+      }),
+    ),
+  )
+
+/** The servers config's path (flag > variable > default) and whether it was named explicitly. */
+const serversConfigPath = (flags: FlagValues) =>
+  Effect.gen(function* () {
+    const fromEnvPath = yield* Config.option(Config.string(serversConfigVariable)).pipe(Effect.orDie)
+    const named =
+      typeof flags.serversConfig === "string" ? flags.serversConfig : Option.getOrUndefined(fromEnvPath)
+    return { configPath: resolve(expandHome(named ?? "servers_config.json")), named: named !== undefined }
+  })
+
+const readServersConfig = (configPath: string) =>
+  readJson(configPath).pipe(
+    Effect.flatMap((json) =>
+      Either.match(decodeServersConfig(json), {
+        onLeft: (problems) =>
+          Effect.fail(new ConfigError({ message: `${configPath}:\n${indent(problems)}` })),
+        onRight: Effect.succeed,
+      }),
+    ),
+  )
+
+/** Settings from flags > MCP_SSH_* > the file's `gateway` object > defaults. */
+const resolveSettings = (flags: FlagValues, configPath: string, file: ServersConfigFile | undefined) =>
+  Effect.gen(function* () {
+    const raw: Partial<Record<SettingKey, RawSetting>> = {}
+    for (const [key, value] of Object.entries(file?.gateway ?? {})) {
+      raw[key as SettingKey] = { value, source: `${configPath}: gateway.${key}` }
+    }
+    Object.assign(raw, yield* readEnvironmentSettings)
+    for (const key of settingKeys) {
+      const value = flags[key]
+      if (value !== undefined) raw[key] = { value, source: `--${flagName(key)}` }
+    }
+    return yield* Either.match(decodeSettings(raw), {
+      onLeft: (problems) =>
+        Effect.fail(new ConfigError({ message: `invalid settings:\n${indent(problems)}` })),
+      onRight: Effect.succeed,
+    })
+  })
+
+export const loadGatewayConfig = (
+  flags: FlagValues,
+  environment: Readonly<Record<string, string | undefined>>,
+) =>
+  Effect.gen(function* () {
+    const { configPath } = yield* serversConfigPath(flags)
+    const file = yield* readServersConfig(configPath)
+    const settings = yield* resolveSettings(flags, configPath, file)
+    const policyProblem = registrationPolicyProblem(settings)
+    if (policyProblem !== undefined) return yield* new ConfigError({ message: policyProblem })
+
+    const servers: Array<ChildServer> = []
+    const problems: Array<string> = []
+    for (const [name, spec] of Object.entries(file.mcpServers)) {
+      if (spec.disabled === true) continue
+      const env: Record<string, string> = {}
+      for (const [variable, value] of Object.entries(spec.env ?? {})) {
+        Either.match(expandEnvValue(value, environment), {
+          onLeft: (problem) => problems.push(`mcpServers.${name}.env.${variable}: ${problem}`),
+          onRight: (expanded) => {
+            env[variable] = expanded
+          },
+        })
+      }
+      servers.push({
+        name,
+        command: spec.command,
+        args: spec.args ?? [],
+        env: childEnvironment(environment, env),
+        cwd: spec.cwd === undefined ? undefined : resolve(dirname(configPath), expandHome(spec.cwd)),
+        prefix: spec.prefix,
+        requestTimeout: spec.timeout ?? defaultRequestTimeout,
+      })
+    }
+    if (problems.length > 0) {
+      return yield* Effect.fail(
+        new ConfigError({ message: `${configPath}:\n${indent(problems.join("\n"))}` }),
+      )
+    }
+    if (servers.length === 0) {
+      return yield* Effect.fail(
+        new ConfigError({ message: `${configPath}: mcpServers: no enabled server; name at least one` }),
+      )
+    }
+    return { configPath, settings, servers } satisfies GatewayConfigShape
+  })
+
+/**
+ * The settings alone, for the offline key and token commands: the servers config is read when it was
+ * named or exists (for its `gateway` settings), and its servers are neither needed nor checked.
+ */
+export const loadStoreConfig = (flags: FlagValues) =>
+  Effect.gen(function* () {
+    const { configPath, named } = yield* serversConfigPath(flags)
+    const exists = yield* Effect.promise(() =>
+      access(configPath).then(
+        () => true,
+        () => false,
+      ),
+    )
+    const file = named || exists ? yield* readServersConfig(configPath) : undefined
+    const settings = yield* resolveSettings(flags, configPath, file)
+    return { configPath, settings, servers: [] } satisfies GatewayConfigShape
+  })
+
+const indent = (text: string): string =>
+  text
+    .split("\n")
+    .map((line) => `  ${line}`)
+    .join("\n")

@@ -1,0 +1,129 @@
+/**
+ * Issued enrollment tokens, in a JSON file beside the authorized keys (hashes only, 0600). The
+ * running server and the offline CLI both read and write it, under the key store's write lock, so a
+ * token created by `mcp-ssh-server tokens create` works at once and a use is never counted twice.
+ */
+import { randomBytes } from "node:crypto"
+import { Clock, Context, Effect, Either, Layer, Option } from "effect"
+import { expandHome, GatewayConfig } from "../config/GatewayConfig.js"
+import { StoreError } from "../errors.js"
+import { readTextIfExists, writeFileAtomic } from "./files.js"
+import { KeyStore } from "./KeyStore.js"
+import {
+  checkToken,
+  formatToken,
+  formatTokenFile,
+  newRecord,
+  parseTokenFile,
+  pruneExpired,
+  redeemToken,
+  type TokenCheck,
+  type TokenRecord,
+} from "./tokens.js"
+
+export interface IssuedToken {
+  /** The secret itself: shown once, never stored. */
+  readonly token: string
+  readonly id: string
+  readonly uses: number
+  readonly expiresAt: string
+}
+
+export interface EnrollmentTokensShape {
+  readonly path: string
+  readonly create: (options: {
+    readonly uses: number
+    readonly ttlSeconds: number
+  }) => Effect.Effect<IssuedToken, StoreError>
+  /** May this token register this key? Counts nothing. */
+  readonly check: (token: string, fingerprint: string) => Effect.Effect<TokenCheck, StoreError>
+  /**
+   * Check the token and, if `consume`, count one use for this key. Run it inside the key store's
+   * write lock together with adding the key, so both happen or neither.
+   */
+  readonly redeem: (
+    token: string,
+    fingerprint: string,
+    consume: boolean,
+  ) => Effect.Effect<TokenCheck, StoreError>
+}
+
+export class EnrollmentTokens extends Context.Tag("mcp-ssh/EnrollmentTokens")<
+  EnrollmentTokens,
+  EnrollmentTokensShape
+>() {}
+
+/** Where the tokens live: --token-store, or beside the authorized keys. */
+export const tokenStorePath = (settings: {
+  readonly tokenStore: string | undefined
+  readonly authorizedClients: string
+}): string => expandHome(settings.tokenStore ?? `${settings.authorizedClients}.tokens`)
+
+export const EnrollmentTokensLive = Layer.effect(
+  EnrollmentTokens,
+  Effect.gen(function* () {
+    const { settings } = yield* GatewayConfig
+    const keyStore = yield* KeyStore
+    const path = tokenStorePath(settings)
+
+    const read: Effect.Effect<ReadonlyArray<TokenRecord>, StoreError> = Effect.flatMap(
+      readTextIfExists(path),
+      (existing) => {
+        if (Option.isNone(existing)) return Effect.succeed([])
+        // Whoever can write this file can mint tokens, so a loose mode disables it, as sshd would.
+        if ((existing.value.mode & 0o022) !== 0) {
+          return Effect.fail(
+            new StoreError({ path, reason: "is writable by group or others; check it and chmod 600 it" }),
+          )
+        }
+        return Either.match(parseTokenFile(existing.value.text), {
+          onLeft: (problem) =>
+            Effect.fail(
+              new StoreError({ path, reason: `is not a token store (${problem}); fix or remove it` }),
+            ),
+          onRight: Effect.succeed,
+        })
+      },
+    )
+    const write = (records: ReadonlyArray<TokenRecord>) => writeFileAtomic(path, formatTokenFile(records))
+    const now = Effect.map(Clock.currentTimeMillis, (millis) => new Date(millis))
+
+    return {
+      path,
+      create: ({ uses, ttlSeconds }) =>
+        keyStore.withWriteLock(
+          Effect.gen(function* () {
+            const token = formatToken(randomBytes(32))
+            const record = newRecord({
+              id: randomBytes(4).toString("hex"),
+              token,
+              uses,
+              ttlSeconds,
+              now: yield* now,
+            })
+            yield* write([...pruneExpired(yield* read, yield* now), record])
+            yield* Effect.logInfo(
+              `created enrollment token ${record.id} (${uses} use(s), until ${record.expires_at})`,
+            )
+            return { token, id: record.id, uses, expiresAt: record.expires_at }
+          }),
+        ),
+      check: (token, fingerprint) =>
+        Effect.gen(function* () {
+          return checkToken(yield* read, token, fingerprint, yield* now)
+        }),
+      redeem: (token, fingerprint, consume) =>
+        keyStore.withWriteLock(
+          Effect.gen(function* () {
+            const records = yield* read
+            const result = redeemToken(records, token, fingerprint, yield* now, consume)
+            const changed =
+              result.records.length !== records.length ||
+              result.records.some((record, index) => record !== records[index])
+            if (changed) yield* write(result.records)
+            return result.check
+          }),
+        ),
+    } satisfies EnrollmentTokensShape
+  }),
+)

@@ -1,0 +1,252 @@
+/**
+ * The client keys allowed in: an OpenSSH authorized_keys file at --authorized-clients, re-read when it
+ * changes (so edits take effect without a restart). Keys are matched by blob in constant time.
+ *
+ * The write side (add, revoke) edits the file atomically under a lock that the running server and
+ * the offline CLI share, and announces revoked keys so their live connections can be closed.
+ */
+import { timingSafeEqual } from "node:crypto"
+import { readFile, stat } from "node:fs/promises"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  FiberRef,
+  Layer,
+  Option,
+  PubSub,
+  type Queue,
+  Ref,
+  Schedule,
+  Scope,
+} from "effect"
+import { type AuthorizedKey, type PublicKey, parseAuthorizedKeys } from "../../shared/publicKey.js"
+import { expandHome, GatewayConfig } from "../config/GatewayConfig.js"
+import { StoreError } from "../errors.js"
+import { appendKey, readStoredKeys, removeKey, type StoredKey } from "./authorizedKeysFile.js"
+import { lockFile, readTextIfExists, writeFileAtomic } from "./files.js"
+
+export interface KeyStoreShape {
+  readonly path: string
+  /** The keys, with when and how each was added when the gateway added it. */
+  readonly list: Effect.Effect<ReadonlyArray<StoredKey>>
+  /** The authorized key with exactly this blob, if any. */
+  readonly find: (blob: Buffer) => Effect.Effect<Option.Option<AuthorizedKey>>
+  /** Whether the file holds this key now, read afresh (for decisions taken under the write lock). */
+  readonly contains: (blob: Buffer) => Effect.Effect<boolean, StoreError>
+  /** Add the key unless it is there already; true when it was added. */
+  readonly add: (key: PublicKey, source: string) => Effect.Effect<boolean, StoreError>
+  /** Remove every line of the key with this fingerprint; the number of lines removed. */
+  readonly revoke: (fingerprint: string) => Effect.Effect<number, StoreError>
+  /**
+   * Run `effect` as the only writer of the store: one fiber of this process at a time (a
+   * semaphore), one process at a time (a lock file beside the keys). Nested calls do not wait.
+   */
+  readonly withWriteLock: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreError, R>
+  /** Fingerprints of keys revoked from now on: by `revoke`, or removed from the file by hand. */
+  readonly revocations: Effect.Effect<Queue.Dequeue<string>, never, Scope.Scope>
+}
+
+export class KeyStore extends Context.Tag("mcp-ssh/KeyStore")<KeyStore, KeyStoreShape>() {}
+
+interface Snapshot {
+  /** Identity of the file version the keys were read from; "" when there is no usable file. */
+  readonly version: string
+  readonly keys: ReadonlyArray<StoredKey>
+  /** False when the file is missing, unreadable or too open: no keys, but none was revoked either. */
+  readonly usable: boolean
+}
+
+/** Compares every key, whatever matches first, so timing does not tell which keys are present. */
+export const findByBlob = (
+  keys: ReadonlyArray<AuthorizedKey>,
+  blob: Buffer,
+): Option.Option<AuthorizedKey> => {
+  let found: AuthorizedKey | undefined
+  for (const key of keys) {
+    const same = key.blob.length === blob.length && timingSafeEqual(key.blob, blob)
+    if (same && found === undefined) found = key
+  }
+  return Option.fromNullable(found)
+}
+
+export const makeFileKeyStore = (configuredPath: string) =>
+  Effect.gen(function* () {
+    const path = expandHome(configuredPath)
+    const snapshot = yield* Ref.make<Snapshot>({ version: "unread", keys: [], usable: false })
+
+    /**
+     * Keys in the last usable load that a later usable load no longer has. Taken from the loads
+     * themselves, which every login goes through: a key added and removed between two looks of the
+     * watcher is still seen to go.
+     */
+    const removedKeys = new Set<string>()
+    let lastUsableKeys: ReadonlyArray<StoredKey> = []
+    const reload = (version: string, keys: ReadonlyArray<StoredKey>, usable = false) =>
+      Effect.gen(function* () {
+        const next: Snapshot = { version, keys, usable }
+        if (usable) {
+          const present = new Set(keys.map((key) => key.fingerprint))
+          for (const key of lastUsableKeys)
+            if (!present.has(key.fingerprint)) removedKeys.add(key.fingerprint)
+          for (const fingerprint of present) removedKeys.delete(fingerprint)
+          lastUsableKeys = keys
+        }
+        yield* Ref.set(snapshot, next)
+        return next
+      })
+
+    const currentSnapshot: Effect.Effect<Snapshot> = Effect.gen(function* () {
+      const info = yield* Effect.tryPromise(() => stat(path)).pipe(Effect.option)
+      const previous = yield* Ref.get(snapshot)
+      if (Option.isNone(info)) {
+        if (previous.version !== "missing") {
+          yield* Effect.logWarning(`authorized keys file ${path} does not exist: no client can log in`)
+        }
+        return yield* reload("missing", [])
+      }
+      const { mtimeMs, ctimeMs, size, ino, mode } = info.value
+      const version = `${ino}:${size}:${mtimeMs}:${ctimeMs}:${mode}`
+      if (version === previous.version) return previous
+      if ((mode & 0o022) !== 0) {
+        yield* Effect.logError(
+          `authorized keys file ${path} is writable by group or others (mode ${(mode & 0o777).toString(8)}): ignored until fixed`,
+        )
+        return yield* reload(version, [])
+      }
+      const text = yield* Effect.tryPromise(() => readFile(path, "utf8")).pipe(Effect.option)
+      if (Option.isNone(text)) {
+        yield* Effect.logError(`authorized keys file ${path} cannot be read`)
+        return yield* reload(version, [])
+      }
+      const parsed = readStoredKeys(text.value)
+      for (const problem of parsed.problems) {
+        yield* Effect.logWarning(`${path}:${problem.line}: ignored: ${problem.reason}`)
+      }
+      yield* Effect.logInfo(`loaded ${parsed.keys.length} authorized key(s) from ${path}`)
+      return yield* reload(version, parsed.keys, true)
+    })
+    const current = Effect.map(currentSnapshot, (current) => current.keys)
+
+    // --- write side
+    const semaphore = yield* Effect.makeSemaphore(1)
+    const holdsLock = FiberRef.unsafeMake(false)
+    const lockPath = `${path}.lock`
+    const withWriteLock = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | StoreError, R> =>
+      Effect.flatMap(FiberRef.get(holdsLock), (held) =>
+        held
+          ? effect
+          : semaphore.withPermits(1)(
+              Effect.acquireUseRelease(
+                Scope.make(),
+                (scope) =>
+                  Scope.extend(lockFile(lockPath), scope).pipe(
+                    Effect.zipRight(Effect.locally(effect, holdsLock, true)),
+                  ),
+                (scope, exit) => Scope.close(scope, exit),
+              ),
+            ),
+      )
+
+    /** The file's text for an edit; a file others could have written is not built upon. */
+    const readForEdit = Effect.flatMap(readTextIfExists(path), (existing) =>
+      Option.match(existing, {
+        onNone: () => Effect.succeed(""),
+        onSome: ({ text, mode }) =>
+          (mode & 0o022) !== 0
+            ? Effect.fail(
+                new StoreError({
+                  path,
+                  reason: `is writable by group or others (mode ${(mode & 0o777).toString(8)}); check it and chmod 600 it first`,
+                }),
+              )
+            : Effect.succeed(text),
+      }),
+    )
+
+    const revokedKeys = yield* PubSub.unbounded<string>()
+
+    const add = (key: PublicKey, source: string) =>
+      withWriteLock(
+        Effect.gen(function* () {
+          const now = yield* Clock.currentTimeMillis
+          const edit = appendKey(yield* readForEdit, key, { addedAt: new Date(now).toISOString(), source })
+          if (!edit.added) return false
+          yield* writeFileAtomic(path, edit.content)
+          yield* Effect.logInfo(`added key ${key.fingerprint} (${key.type}) from ${source}`)
+          return true
+        }),
+      )
+
+    const revoke = (fingerprint: string) =>
+      withWriteLock(
+        Effect.gen(function* () {
+          const edit = removeKey(yield* readForEdit, fingerprint)
+          if (edit.removed === 0) return 0
+          yield* writeFileAtomic(path, edit.content)
+          yield* Effect.logInfo(`revoked key ${fingerprint}`)
+          yield* PubSub.publish(revokedKeys, fingerprint)
+          return edit.removed
+        }),
+      )
+
+    const contains = (blob: Buffer) =>
+      Effect.map(readTextIfExists(path), (existing) =>
+        Option.match(existing, {
+          onNone: () => false,
+          onSome: ({ text }) => parseAuthorizedKeys(text).keys.some((key) => key.blob.equals(blob)),
+        }),
+      )
+
+    /**
+     * Keys that vanish from the file (an edit by hand, another process) count as revoked. A second
+     * look a moment later keeps an editor that truncates before writing from ending every session.
+     */
+    const watchForRemovals = Effect.gen(function* () {
+      const check = Effect.gen(function* () {
+        yield* currentSnapshot
+        if (removedKeys.size === 0) return
+        yield* Effect.sleep(Duration.millis(300))
+        // A load in between takes back the keys that returned; an unusable file decides nothing yet.
+        if (!(yield* currentSnapshot).usable) return
+        for (const fingerprint of [...removedKeys]) {
+          removedKeys.delete(fingerprint)
+          yield* Effect.logInfo(`key ${fingerprint} is no longer in ${path}: treated as revoked`)
+          yield* PubSub.publish(revokedKeys, fingerprint)
+        }
+      })
+      return yield* Effect.repeat(check, Schedule.spaced(Duration.seconds(1))).pipe(
+        Effect.zipRight(Effect.never),
+      )
+    })
+
+    return {
+      path,
+      list: current,
+      find: (blob) => Effect.map(current, (keys) => findByBlob(keys, blob)),
+      contains,
+      add,
+      revoke,
+      withWriteLock,
+      revocations: PubSub.subscribe(revokedKeys),
+      watchForRemovals,
+    } satisfies KeyStoreShape & { readonly watchForRemovals: Effect.Effect<never> }
+  })
+
+/** The gateway's key store: also watches the file, so keys removed by hand end their sessions. */
+export const KeyStoreLive = Layer.scoped(
+  KeyStore,
+  Effect.gen(function* () {
+    const { settings } = yield* GatewayConfig
+    const store = yield* makeFileKeyStore(settings.authorizedClients)
+    yield* Effect.forkScoped(store.watchForRemovals)
+    return store
+  }),
+)
+
+/** The key store of the offline CLI: reads and writes the same file, watches nothing. */
+export const KeyStoreOfflineLive = Layer.effect(
+  KeyStore,
+  Effect.flatMap(GatewayConfig, ({ settings }) => makeFileKeyStore(settings.authorizedClients)),
+)

@@ -1,0 +1,58 @@
+/** Composition only: the live services that make the gateway, and the logger it writes with. */
+import { Layer, Logger, LogLevel } from "effect"
+import { CatalogLive } from "./children/Catalog.js"
+import { ChildReaperLive } from "./children/ChildReaper.js"
+import { UpstreamLive } from "./children/Upstream.js"
+import { GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.js"
+import type { GatewaySettings } from "./config/settings.js"
+import { HubLive } from "./hub/Hub.js"
+import { EnrollmentTokensLive } from "./keys/EnrollmentTokens.js"
+import { KeyApiLive } from "./keys/KeyApi.js"
+import { KeyStoreLive } from "./keys/KeyStore.js"
+import { AuditLive } from "./session/Audit.js"
+import { McpSessionLive } from "./session/McpSession.js"
+import { HostKeyLive } from "./ssh/HostKey.js"
+import { SshServerLive } from "./ssh/SshServer.js"
+
+/** Everything below the SSH server; tests replace single members (Upstream, KeyStore) with their own. */
+export const SessionLayer = McpSessionLive.pipe(
+  Layer.provide(HubLive),
+  Layer.provide(Layer.merge(CatalogLive, AuditLive)),
+  Layer.provide(UpstreamLive),
+  Layer.provide(ChildReaperLive),
+)
+
+export const GatewayLayer = SshServerLive.pipe(
+  Layer.provide(SessionLayer),
+  Layer.provideMerge(Layer.mergeAll(HostKeyLive, KeyStoreLive)),
+)
+
+const logLevelOf: Record<GatewaySettings["logLevel"], LogLevel.LogLevel> = {
+  TRACE: LogLevel.Trace,
+  DEBUG: LogLevel.Debug,
+  INFO: LogLevel.Info,
+  WARNING: LogLevel.Warning,
+  WARN: LogLevel.Warning,
+  ERROR: LogLevel.Error,
+  CRITICAL: LogLevel.Fatal,
+  FATAL: LogLevel.Fatal,
+  NONE: LogLevel.None,
+}
+
+/** logfmt on stderr: stdout stays free, and every line is machine-readable. */
+export const loggerLayer = (level: GatewaySettings["logLevel"]) =>
+  Layer.merge(
+    Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger)),
+    Logger.minimumLogLevel(logLevelOf[level]),
+  )
+
+/** The gateway plus the HTTP key API beside it (--run-key-server); it starts once SSH listens. */
+export const GatewayWithKeyApiLayer = KeyApiLive.pipe(
+  Layer.provide(EnrollmentTokensLive),
+  Layer.provideMerge(GatewayLayer),
+)
+
+export const gatewayFromConfig = (config: GatewayConfigShape) =>
+  (config.settings.runKeyServer ? GatewayWithKeyApiLayer : GatewayLayer).pipe(
+    Layer.provide(Layer.succeed(GatewayConfig, config)),
+  )

@@ -1,0 +1,67 @@
+/**
+ * One audit line per call: who (key fingerprint), which server, method and target, how long, and the
+ * outcome; never arguments or results. Written synchronously in logfmt like the rest of the log, as it
+ * sits on every call's path and a fiber per line would cost more than the call.
+ */
+import { Context, Effect, Layer } from "effect"
+import { GatewayConfig } from "../config/GatewayConfig.js"
+
+export interface AuditEntry {
+  readonly client: string
+  readonly server: string
+  readonly method: string
+  readonly target: string | undefined
+  readonly millis: number
+  readonly outcome: string
+}
+
+export class Audit extends Context.Tag("mcp-ssh/Audit")<
+  Audit,
+  { readonly record: (entry: AuditEntry) => void }
+>() {}
+
+/** logfmt value: bare when it can be, quoted and escaped otherwise. */
+export const logfmtValue = (value: string): string =>
+  /^[^\s="\\]+$/.test(value) ? value : JSON.stringify(value)
+
+export const formatAudit = (entry: AuditEntry, now: Date): string =>
+  [
+    `timestamp=${now.toISOString()}`,
+    "level=INFO",
+    "message=call",
+    "audit=true",
+    `client=${logfmtValue(entry.client)}`,
+    `server=${logfmtValue(entry.server)}`,
+    `method=${logfmtValue(entry.method)}`,
+    ...(entry.target === undefined ? [] : [`target=${logfmtValue(entry.target)}`]),
+    `ms=${entry.millis}`,
+    `outcome=${logfmtValue(entry.outcome)}`,
+  ].join(" ")
+
+const quietLevels: ReadonlyArray<string> = ["WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NONE"]
+
+/**
+ * Lines are written after the current turn of the event loop, all at once: a write is a system call,
+ * and the answer to the client should not wait behind the log line about it.
+ */
+const bufferedWriter = (write: (text: string) => void) => {
+  let buffered: Array<string> = []
+  const flush = () => {
+    const lines = buffered
+    buffered = []
+    write(lines.join(""))
+  }
+  return (line: string) => {
+    if (buffered.length === 0) setImmediate(flush)
+    buffered.push(`${line}\n`)
+  }
+}
+
+export const AuditLive = Layer.effect(
+  Audit,
+  Effect.map(GatewayConfig, ({ settings }) => {
+    if (quietLevels.includes(settings.logLevel)) return { record: () => {} }
+    const writeLine = bufferedWriter((text) => process.stderr.write(text))
+    return { record: (entry: AuditEntry) => writeLine(formatAudit(entry, new Date())) }
+  }),
+)

@@ -1,0 +1,15 @@
+/** Facts about host names and addresses that the client and the gateway both need. */
+
+/** Is this bind address reachable from this machine only? */
+export const isLoopbackHost = (host: string): boolean => {
+  const bare = host
+    .trim()
+    .toLowerCase()
+    .replace(/^\[(.*)\]$/, "$1")
+  return (
+    bare === "localhost" ||
+    bare === "::1" ||
+    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(bare) ||
+    /^::ffff:127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(bare)
+  )
+}
