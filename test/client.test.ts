@@ -19,7 +19,7 @@ import {
   startGateway,
   tempDir,
 } from "./support/gateway.js"
-import { childrenOf } from "./support/processes.js"
+import { checkedPid, childrenOf } from "./support/processes.js"
 import { hostPublicKey, opensshArgs } from "./support/ssh.js"
 
 const enrollmentToken = "test-enrollment-token-0123456789"
@@ -460,7 +460,7 @@ describe("losing the gateway", () => {
         // A gateway killed outright leaves its children to us.
         for (const child of children) {
           try {
-            process.kill(-child, "SIGKILL")
+            process.kill(-checkedPid(child), "SIGKILL")
           } catch {}
         }
         await disposeGateway(lost)

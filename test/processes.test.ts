@@ -5,7 +5,14 @@
 import { spawn } from "node:child_process"
 import { afterEach, describe, expect, it } from "vitest"
 import { disposeGateway, node, type RunningGateway, startGateway } from "./support/gateway.js"
-import { childrenOf, isRunning, membersOfGroups, waitUntil } from "./support/processes.js"
+import {
+  childrenOf,
+  isRunning,
+  membersOfGroups,
+  onlyChildOf,
+  signalProcess,
+  waitUntil,
+} from "./support/processes.js"
 import { connect, openLineChannel, opensshArgs } from "./support/ssh.js"
 
 let gateway: RunningGateway | undefined
@@ -25,11 +32,10 @@ describe("child processes", () => {
   it("ends the child when its session closes", async () => {
     gateway = await startGateway({ servers: { mini: node("mini-server.mjs") } })
     const { connection, channel } = await openSession(gateway, "mini")
-    const [child] = childrenOf(gateway.pid)
-    expect(child).toBeDefined()
+    const child = onlyChildOf(gateway.pid)
     channel.channel.end()
     expect(await channel.exit).toBe(0)
-    await waitUntil(() => !isRunning(child ?? -1), 5000, "the child to end")
+    await waitUntil(() => !isRunning(child), 5000, "the child to end")
     connection.end()
   })
 
@@ -65,23 +71,24 @@ describe("child processes", () => {
   it("kills a child that ignores SIGTERM once the stop timeout has passed", async () => {
     gateway = await startGateway({ servers: { stubborn: node("mini-server.mjs", "ignore-term") } })
     const { connection, channel } = await openSession(gateway, "stubborn")
-    const [child] = childrenOf(gateway.pid)
+    const child = onlyChildOf(gateway.pid)
     channel.channel.end()
     await channel.exit
-    await waitUntil(() => !isRunning(child ?? -1), 6000, "the stubborn child to be killed")
+    await waitUntil(() => !isRunning(child), 6000, "the stubborn child to be killed")
     await gateway.waitForLog(/did not stop after SIGTERM: killed its process group/)
     connection.end()
   })
 
   it("restarts a child killed from outside, and leaves nothing behind", async () => {
-    gateway = await startGateway({ servers: { mini: node("mini-server.mjs") } })
-    const { connection, channel } = await openSession(gateway, "mini")
-    const [child] = childrenOf(gateway.pid)
-    process.kill(child ?? -1, "SIGKILL")
-    await gateway.waitForLog(/server 'mini' exited on SIGKILL; restarting in/)
-    await waitUntil(() => childrenOf(gateway?.pid ?? -1).some((pid) => pid !== child), 5000, "a new child")
+    const running = await startGateway({ servers: { mini: node("mini-server.mjs") } })
+    gateway = running
+    const { connection, channel } = await openSession(running, "mini")
+    const child = onlyChildOf(running.pid)
+    signalProcess(child, "SIGKILL")
+    await running.waitForLog(/server 'mini' exited on SIGKILL; restarting in/)
+    await waitUntil(() => childrenOf(running.pid).some((pid) => pid !== child), 5000, "a new child")
     await waitUntil(
-      () => (gateway?.log().match(/server 'mini' is up/g) ?? []).length >= 2,
+      () => (running.log().match(/server 'mini' is up/g) ?? []).length >= 2,
       5000,
       "the restart",
     )
@@ -92,7 +99,7 @@ describe("child processes", () => {
     })
     channel.channel.end()
     await channel.exit
-    await waitUntil(() => childrenOf(gateway?.pid ?? -1).length === 0, 5000, "no child left")
+    await waitUntil(() => childrenOf(running.pid).length === 0, 5000, "no child left")
     connection.end()
   })
 })
@@ -106,7 +113,7 @@ describe("when the gateway is killed outright", () => {
     await channel.request("tools", "tools/list")
     const children = childrenOf(gateway.pid)
     expect(children).toHaveLength(2)
-    process.kill(gateway.pid, "SIGKILL")
+    signalProcess(gateway.pid, "SIGKILL")
     await gateway.exited
     await waitUntil(() => children.every((pid) => !isRunning(pid)), 8000, "the children to be reaped")
     expect(membersOfGroups(children)).toEqual([])

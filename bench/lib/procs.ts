@@ -128,6 +128,8 @@ export const isAlive = (pid: number): boolean => {
 }
 
 const signal = (pid: number, sig: NodeJS.Signals): void => {
+  // Never 0, -1 or a negated 1: those reach the bench's own group, every process, or init's group.
+  if (!Number.isSafeInteger(pid) || Math.abs(pid) <= 1) throw new RangeError(`refusing to signal ${pid}`)
   try {
     process.kill(pid, sig)
   } catch {

@@ -7,6 +7,7 @@ import { mkdtempSync, writeFileSync } from "node:fs"
 import { chmod, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
+import { checkedPid } from "./processes.js"
 import { type Watchers, waitForMatch } from "./waiting.js"
 
 export const repoRoot = resolve(import.meta.dirname, "../..")
@@ -159,7 +160,7 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
     dir,
     port,
     process: child,
-    pid: child.pid ?? -1,
+    pid: checkedPid(child.pid, "gateway"),
     clientKey,
     authorizedKeysPath,
     hostKeyPath,

@@ -1,6 +1,6 @@
 /** The process table, read from /proc: what a process started, and whether it still runs. */
 import { readdirSync, readFileSync } from "node:fs"
-import { processStat } from "../../src/gateway/children/processTree.js"
+import { isSignallablePid, processStat } from "../../src/gateway/children/processTree.js"
 
 interface ProcessInfo {
   readonly pid: number
@@ -37,8 +37,27 @@ export const childrenOf = (pid: number): Array<number> =>
     .filter((info) => info.ppid === pid && info.state !== "Z" && commandOf(info.pid) !== "mcp-ssh-reaper")
     .map((info) => info.pid)
 
+/** A pid a test may look at or signal; anything else (undefined, 0, -1, 1) fails the test at once. */
+export const checkedPid = (pid: number | undefined, what = "process"): number => {
+  if (!isSignallablePid(pid)) throw new Error(`no usable pid for the ${what}: ${String(pid)}`)
+  return pid
+}
+
+/** The single running child of `pid`; none or several fails the test rather than guess. */
+export const onlyChildOf = (pid: number): number => {
+  const children = childrenOf(checkedPid(pid))
+  if (children.length !== 1) throw new Error(`expected one child of ${pid}, found [${children.join(", ")}]`)
+  return checkedPid(children[0], "child")
+}
+
+/** Signal one process the test found itself; never a group, never a defaulted pid. */
+export const signalProcess = (pid: number, signal: NodeJS.Signals): void => {
+  process.kill(checkedPid(pid), signal)
+}
+
 /** Is the process running (a zombie counts as gone)? */
 export const isRunning = (pid: number): boolean => {
+  checkedPid(pid)
   const info = readStat(pid)
   return info !== undefined && info.state !== "Z"
 }

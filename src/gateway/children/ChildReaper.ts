@@ -9,6 +9,7 @@
 import { type ChildProcessByStdio, spawn } from "node:child_process"
 import type { Readable, Writable } from "node:stream"
 import { Context, Effect, Layer } from "effect"
+import { isSignallablePid } from "./processTree.js"
 
 export interface ChildReaperShape {
   /** This process group must not outlive the gateway. */
@@ -78,9 +79,14 @@ export const ChildReaperLive = Layer.scoped(
     const tell = (line: string) => {
       if (!watchdog.stdin.destroyed && !watchdog.stdin.writableEnded) watchdog.stdin.write(`${line}\n`)
     }
+    // The script sends `kill -TERM -GROUP`: a group of 0 or 1 would be this process's own or all.
+    const checked = (processGroup: number) => {
+      if (!isSignallablePid(processGroup)) throw new RangeError(`refusing process group ${processGroup}`)
+      return processGroup
+    }
     return {
-      register: (processGroup) => tell(`+${processGroup}`),
-      unregister: (processGroup) => tell(`-${processGroup}`),
+      register: (processGroup) => tell(`+${checked(processGroup)}`),
+      unregister: (processGroup) => tell(`-${checked(processGroup)}`),
     }
   }),
 )

@@ -33,7 +33,7 @@ import {
   rollOver,
   untilWindowEnds,
 } from "./logBudget.js"
-import { descendantsOf, isAlive, type ProcessHandle } from "./processTree.js"
+import { descendantsOf, isAlive, isSignallablePid, type ProcessHandle } from "./processTree.js"
 
 export type ChildMessage = JsonRpcRequest | JsonRpcNotification
 
@@ -120,6 +120,7 @@ const describeExit = (code: number | null, signal: NodeJS.Signals | null): strin
 
 /** Signal a whole process group; a group that is already gone is not an error. */
 const signalGroup = (pid: number, signal: NodeJS.Signals | 0): boolean => {
+  if (!isSignallablePid(pid)) throw new RangeError(`refusing to signal process group ${pid}`)
   try {
     process.kill(-pid, signal)
     return true
@@ -128,8 +129,14 @@ const signalGroup = (pid: number, signal: NodeJS.Signals | 0): boolean => {
   }
 }
 
+/** A child that did start: its pid is known, so it can be signalled and its group ended. */
+interface Spawned {
+  readonly child: Child
+  readonly pid: number
+}
+
 const spawnChild = (server: ChildServer) =>
-  Effect.async<Child, UpstreamError>((resume) => {
+  Effect.async<Spawned, UpstreamError>((resume) => {
     let child: Child
     try {
       child = spawn(server.command, [...server.args], {
@@ -153,7 +160,21 @@ const spawnChild = (server: ChildServer) =>
     }
     const onSpawn = () => {
       child.off("error", onError)
-      resume(Effect.succeed(child))
+      const pid = child.pid
+      if (isSignallablePid(pid)) return resume(Effect.succeed({ child, pid }))
+      // Node reports no pid only for a failed spawn; without one nothing could stop it safely.
+      child.stdin.destroy()
+      child.stdout.destroy()
+      child.stderr.destroy()
+      resume(
+        Effect.fail(
+          new UpstreamError({
+            server: server.name,
+            code: ErrorCode.ServerUnavailable,
+            reason: `could not start '${server.command}': the system gave no process id`,
+          }),
+        ),
+      )
     }
     const onError = (error: Error) => {
       child.off("spawn", onSpawn)
@@ -175,13 +196,13 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
   Effect.gen(function* () {
     const name = server.name
     const exitedSignal = yield* Deferred.make<UpstreamError>()
-    const child = yield* Effect.acquireRelease(
-      spawnChild(server).pipe(Effect.tap((child) => Effect.sync(() => reaper.register(child.pid ?? -1)))),
-      (child) =>
-        stopChild(child, exitedSignal, options.stopTimeout).pipe(
+    const { child, pid } = yield* Effect.acquireRelease(
+      spawnChild(server).pipe(Effect.tap(({ pid }) => Effect.sync(() => reaper.register(pid)))),
+      ({ child, pid }) =>
+        stopChild(child, pid, exitedSignal, options.stopTimeout).pipe(
           Effect.ensuring(
             Effect.sync(() => {
-              reaper.unregister(child.pid ?? -1)
+              reaper.unregister(pid)
               // A process that escaped the stop may still hold the pipes' other ends: ours close now.
               child.stdin.destroy()
               child.stdout.destroy()
@@ -190,7 +211,6 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
           ),
         ),
     )
-    const pid = child.pid ?? -1
     const log = (effect: Effect.Effect<void>) => effect.pipe(Effect.annotateLogs({ server: name, pid }))
     yield* log(Effect.logDebug(`started: ${server.command} ${server.args.join(" ")}`))
 
@@ -475,10 +495,13 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
  * Processes the child moved out of its group (setsid) get the same signals: they are found below it
  * in the process tree while it still runs (once it exits, they are orphans nothing links to it).
  */
-const stopChild = (child: Child, exited: Deferred.Deferred<UpstreamError>, grace: Duration.Duration) =>
+const stopChild = (
+  child: Child,
+  pid: number,
+  exited: Deferred.Deferred<UpstreamError>,
+  grace: Duration.Duration,
+) =>
   Effect.gen(function* () {
-    const pid = child.pid
-    if (pid === undefined) return
     // Finalizers run uninterruptibly, and a timeout cannot cut short an uninterruptible wait.
     const waitExit = Deferred.await(exited).pipe(Effect.interruptible, Effect.timeout(grace), Effect.option)
     const escaped = new Map<number, ProcessHandle>()

@@ -5,6 +5,13 @@
 import { readdirSync, readFileSync } from "node:fs"
 import { type ProcessStat, parseProcessStat } from "./processStat.js"
 
+/**
+ * A pid that may be signalled: a positive integer other than init. `kill(0)`, `kill(-1)` and a
+ * negated `-1` (pid 1) reach far more than one child, so anything else is refused outright.
+ */
+export const isSignallablePid = (pid: unknown): pid is number =>
+  typeof pid === "number" && Number.isSafeInteger(pid) && pid > 1
+
 /** A process as of now: its pid with its start time, so a reused pid is never mistaken for it. */
 export interface ProcessHandle {
   readonly pid: number
