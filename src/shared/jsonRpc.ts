@@ -54,7 +54,8 @@ export type Classified =
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
 
-const isObject = (value: unknown): value is JsonObject =>
+/** A JSON object: not null, not an array. */
+export const isObject = (value: unknown): value is JsonObject =>
   typeof value === "object" && value !== null && !Array.isArray(value)
 
 const isId = (value: unknown): value is JsonRpcId =>

@@ -7,6 +7,7 @@ import { Context, Duration, Effect, Layer, Option } from "effect"
 import {
   ErrorCode,
   errorResponse,
+  isObject,
   isRequest,
   type JsonObject,
   type JsonRpcResponse,
@@ -14,7 +15,7 @@ import {
 import { version } from "../../shared/version.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
 import { ConfigError } from "../errors.js"
-import { isObject, latestHandshakeVersion } from "../hub/mcp.js"
+import { latestHandshakeVersion } from "../hub/mcp.js"
 import { exposedName, findCollisions, type NamedEntry } from "../hub/naming.js"
 import { Upstream, type UpstreamConnection } from "./Upstream.js"
 

@@ -4,10 +4,9 @@
  * backoff. Closing the session's scope stops it for good.
  */
 import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
-import { ErrorCode, type JsonObject } from "../../shared/jsonRpc.js"
+import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
-import { isObject } from "../hub/mcp.js"
 import type { ChildMessage, Upstream, UpstreamConnection, UpstreamOptions } from "./Upstream.js"
 
 /** What the gateway tells a child in initialize: the client's own version, capabilities and identity. */

@@ -13,6 +13,7 @@ import {
   classifyLine,
   ErrorCode,
   encodeMessage,
+  isObject,
   type JsonObject,
   type JsonRpcNotification,
   type JsonRpcRequest,
@@ -23,7 +24,6 @@ import { type Frame, LineFramer } from "../../shared/lineFramer.js"
 import { forEachChunk, writeWithBackpressure } from "../../shared/streams.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
-import { isObject } from "../hub/mcp.js"
 import { ChildReaper, type ChildReaperShape } from "./ChildReaper.js"
 import {
   admit,

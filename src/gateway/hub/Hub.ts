@@ -25,6 +25,7 @@ import {
 import {
   ErrorCode,
   errorResponse,
+  isObject,
   isRequest,
   type JsonObject,
   type JsonRpcId,
@@ -49,7 +50,6 @@ import { Audit } from "../session/Audit.js"
 import { decodeCursor, encodeCursor } from "./cursor.js"
 import {
   isMergedListMethod,
-  isObject,
   latestHandshakeVersion,
   listChangedMethod,
   type MergedListMethod,

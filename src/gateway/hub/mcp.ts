@@ -1,5 +1,5 @@
 /** MCP facts the gateway needs, without IO: versions, capabilities, the lists it merges. */
-import type { JsonObject } from "../../shared/jsonRpc.js"
+import { isObject, type JsonObject } from "../../shared/jsonRpc.js"
 
 /** Versions of the initialize handshake the gateway speaks, newest first. */
 export const handshakeVersions = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"] as const
@@ -10,9 +10,6 @@ export const negotiateVersion = (requested: unknown): string =>
   typeof requested === "string" && (handshakeVersions as ReadonlyArray<string>).includes(requested)
     ? requested
     : latestHandshakeVersion
-
-export const isObject = (value: unknown): value is JsonObject =>
-  typeof value === "object" && value !== null && !Array.isArray(value)
 
 const mergeObjects = (left: JsonObject, right: JsonObject): JsonObject => {
   const out: Record<string, unknown> = { ...left }

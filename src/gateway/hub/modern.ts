@@ -4,8 +4,7 @@
  * instead of server-to-client requests, and change notifications only through `subscriptions/listen`.
  * Pure helpers; the session logic is in the Hub.
  */
-import { ErrorCode, type JsonObject, type JsonRpcResponse } from "../../shared/jsonRpc.js"
-import { isObject } from "./mcp.js"
+import { ErrorCode, isObject, type JsonObject, type JsonRpcResponse } from "../../shared/jsonRpc.js"
 
 export const modernVersion = "2026-07-28"
 export const modernVersions: ReadonlyArray<string> = [modernVersion]
