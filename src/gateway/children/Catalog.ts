@@ -74,6 +74,8 @@ const probe = (
       maxLineBytes: options.maxLineBytes,
       stopTimeout: Duration.seconds(1),
       requestTimeout: options.timeout,
+      // Nobody reads the probe's output but the probe itself.
+      outputReady: Effect.void,
       // Nobody is there to answer a request the server makes during the probe.
       onMessage: (connection, message) =>
         isRequest(message)

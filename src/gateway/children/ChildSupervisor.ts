@@ -96,6 +96,7 @@ export const superviseChild = (
         maxLineBytes: options.maxLineBytes,
         stopTimeout: options.stopTimeout,
         requestTimeout: Duration.seconds(server.requestTimeout),
+        outputReady: options.outputReady,
         onMessage: (connection, message) => hooks.onMessage(child, connection, message),
       })
       const handshake = yield* hooks.handshake

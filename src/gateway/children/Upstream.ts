@@ -8,7 +8,7 @@
  */
 import { type ChildProcessByStdio, spawn } from "node:child_process"
 import type { Readable, Writable } from "node:stream"
-import { Context, Deferred, Duration, Effect, Exit, FiberRef, Layer, type Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Layer, type Scope } from "effect"
 import {
   classifyLine,
   ErrorCode,
@@ -68,6 +68,12 @@ export interface UpstreamOptions {
   readonly maxLineBytes: number
   readonly stopTimeout: Duration.Duration
   readonly requestTimeout: Duration.Duration
+  /**
+   * Waited on before each further chunk of the child's stdout is read. A session's children wait
+   * while its client's channel is full, so a client that stops reading stops its children's output
+   * too, answers included: their stdout pipes fill, their writes block, and memory does not grow.
+   */
+  readonly outputReady: Effect.Effect<void>
 }
 
 export class Upstream extends Context.Tag("mcp-ssh/Upstream")<
@@ -79,16 +85,6 @@ export class Upstream extends Context.Tag("mcp-ssh/Upstream")<
     ) => Effect.Effect<UpstreamConnection, UpstreamError, Scope.Scope>
   }
 >() {}
-
-/**
- * Waited on before each further chunk of a child's stdout is read. A session sets it (for the
- * children it starts) to wait while its client's channel is full, so a client that stops reading
- * stops its children's output too, answers included: their stdout pipes fill and their writes block,
- * and the gateway's memory does not grow.
- */
-export const outputReady: FiberRef.FiberRef<Effect.Effect<void>> = FiberRef.unsafeMake<Effect.Effect<void>>(
-  Effect.void,
-)
 
 /** A child's stderr in the log: 100 lines a second (the rest counted), and at most 4 MiB a second read. */
 const stderrPolicy: LogBudgetPolicy = { maxLines: 100, maxBytes: 4 * 1024 * 1024, windowMillis: 1000 }
@@ -468,7 +464,7 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
     // One reader hands every message on in the order the child wrote it: a notification the child
     // sent before a response reaches the client before that response. It reads on only when the
     // client can take more.
-    const ready = yield* FiberRef.get(outputReady)
+    const ready = options.outputReady
     yield* forEachChunk(child.stdout, (chunk) =>
       Effect.forEach(
         framer.push(chunk),

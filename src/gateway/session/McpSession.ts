@@ -2,9 +2,14 @@
  * One client's MCP session on a byte channel (an SSH channel): newline-delimited JSON-RPC in and
  * out. Bad input is answered with a JSON-RPC error and the session goes on; requests run
  * concurrently, each cancellable by notifications/cancelled.
+ *
+ * One write policy: every message is written to the channel at once, in order, and whoever produces
+ * messages waits while the channel is full: this input loop before reading the client's next chunk,
+ * the readers of the children's output before their next chunk (Hub, Upstream). A client that stops
+ * reading thus stops everything that writes to it, and the gateway's memory stays flat.
  */
 import type { Readable, Writable } from "node:stream"
-import { Context, Effect, FiberMap, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import {
   classifyLine,
   ErrorCode,
@@ -18,9 +23,8 @@ import {
 } from "../../shared/jsonRpc.js"
 import { type Frame, LineFramer } from "../../shared/lineFramer.js"
 import { forEachChunk, whenDrained, writeWithBackpressure } from "../../shared/streams.js"
-import { outputReady } from "../children/Upstream.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
-import { type ClientIdentity, Hub } from "../hub/Hub.js"
+import { type ClientIdentity, Hub, type HubSession } from "../hub/Hub.js"
 
 export interface SessionChannel {
   readonly input: Readable
@@ -48,6 +52,69 @@ const requestKey = (id: unknown): string => JSON.stringify(id)
 /** Requests of one session in progress at once; more are refused rather than buffered. */
 const maxRequestsInFlight = 1024
 
+/**
+ * The requests of a session in progress, by id, each with how to cancel it: the only registry, so
+ * a duplicate id, the in-flight cap, a cancellation, the drain at end of input and the answers owed
+ * when the session ends all look at the same entries.
+ */
+class InFlight {
+  private readonly cancels = new Map<string, () => void>()
+  private whenEmpty: (() => void) | undefined
+
+  get size(): number {
+    return this.cancels.size
+  }
+
+  has(key: string): boolean {
+    return this.cancels.has(key)
+  }
+
+  /** Start a request through the Hub; its answer is written unless it is cancelled first. */
+  start(session: HubSession, request: JsonRpcRequest, key: string, write: (message: JsonRpcMessage) => void) {
+    let answered = false
+    const cancel = session.request(request, (response) => {
+      answered = true
+      this.settle(key)
+      write(response)
+    })
+    // The fast path may answer before it returns.
+    if (!answered) this.cancels.set(key, cancel)
+  }
+
+  /** Cancel one request (at its child too); false when no such request is in progress. */
+  cancel(key: string): boolean {
+    const cancel = this.cancels.get(key)
+    if (cancel === undefined) return false
+    this.settle(key)
+    cancel()
+    return true
+  }
+
+  /** Cancel every request; their ids, which are owed an answer. */
+  cancelAll(): ReadonlyArray<string> {
+    const keys = [...this.cancels.keys()]
+    for (const key of keys) this.cancel(key)
+    return keys
+  }
+
+  /** Completes once no request is in progress. */
+  readonly drained = Effect.async<void>((resume) => {
+    if (this.cancels.size === 0) return resume(Effect.void)
+    this.whenEmpty = () => resume(Effect.void)
+    return Effect.sync(() => {
+      this.whenEmpty = undefined
+    })
+  })
+
+  private settle(key: string) {
+    this.cancels.delete(key)
+    if (this.cancels.size > 0) return
+    const whenEmpty = this.whenEmpty
+    this.whenEmpty = undefined
+    whenEmpty?.()
+  }
+}
+
 export const McpSessionLive = Layer.effect(
   McpSession,
   Effect.gen(function* () {
@@ -57,19 +124,12 @@ export const McpSessionLive = Layer.effect(
 
     const serve = (channel: SessionChannel, selection: ReadonlyArray<string>, client: ClientIdentity) =>
       Effect.gen(function* () {
-        // Everything for the client goes straight into the channel, whose buffer keeps it in order.
-        // Messages the servers send on their own wait for a full buffer to drain (backpressure to
-        // the child); answers to the client's own requests are written at once, and while the buffer
-        // is full the children's output is not read further (outputReady), answers included.
         const output = channel.output
-        const writeNow = (message: JsonRpcMessage) => {
+        const write = (message: JsonRpcMessage) => {
           if (!output.destroyed && !output.writableEnded) output.write(encodeMessage(message))
         }
-        const write = (message: JsonRpcMessage) =>
-          writeWithBackpressure(output, encodeMessage(message)).pipe(Effect.ignore)
-        const opened = yield* hub
-          .open(selection, client, write)
-          .pipe(Effect.locally(outputReady, whenDrained(output)), Effect.either)
+        const ready = whenDrained(output)
+        const opened = yield* hub.open(selection, client, { write, ready }).pipe(Effect.either)
         if (opened._tag === "Left") {
           yield* writeWithBackpressure(channel.diagnostics, `mcp-ssh: ${opened.left.message}\n`).pipe(
             Effect.ignore,
@@ -77,21 +137,14 @@ export const McpSessionLive = Layer.effect(
           return 1
         }
         const session = opened.right
-
-        const inFlight = yield* FiberMap.make<string, void, never>()
-        /** Requests answered by callback (the per-call path), with how to cancel each. */
-        const fastInFlight = new Map<string, () => void>()
-        let whenFastDone: (() => void) | undefined
-        // Runs before the FiberMap's own finalizer (finalizers run in reverse), while its requests are
-        // still listed. A session ended under its client (gateway shutdown, key revoked) answers every
-        // request still in progress, so no caller waits for an answer that cannot come.
+        const inFlight = new InFlight()
+        // Runs before the Hub's own finalizers (finalizers run in reverse). A session ended under its
+        // client (gateway shutdown, key revoked) answers every request still in progress, so no
+        // caller waits for an answer that cannot come.
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
-            const unanswered = [...fastInFlight.keys(), ...[...inFlight].map(([key]) => key)]
-            for (const cancel of fastInFlight.values()) cancel()
-            fastInFlight.clear()
-            for (const key of unanswered) {
-              writeNow(
+            for (const key of inFlight.cancelAll()) {
+              write(
                 errorResponse(JSON.parse(key) as JsonRpcId, {
                   code: ErrorCode.ServerUnavailable,
                   message: "Server unavailable: the session ended before this request was answered",
@@ -100,109 +153,16 @@ export const McpSessionLive = Layer.effect(
             }
           }),
         )
-        const fastDrained = Effect.async<void>((resume) => {
-          if (fastInFlight.size === 0) return resume(Effect.void)
-          whenFastDone = () => resume(Effect.void)
-        })
-
-        const startRequest = (request: JsonRpcRequest, key: string): Effect.Effect<void> => {
-          let answered = false
-          const cancel = session.fastRequest(request, (response) => {
-            answered = true
-            fastInFlight.delete(key)
-            writeNow(response)
-            if (fastInFlight.size === 0) whenFastDone?.()
-          })
-          if (cancel === undefined) {
-            return FiberMap.run(inFlight, key, Effect.flatMap(session.request(request), write), {
-              onlyIfMissing: true,
-            }).pipe(Effect.asVoid)
-          }
-          if (!answered) fastInFlight.set(key, cancel)
-          return Effect.void
-        }
-
-        const handleFrame = (frame: Frame): Effect.Effect<void> => {
-          if (frame._tag === "Oversized") {
-            return Effect.logWarning(
-              `refused a message of ${frame.size} bytes from the client, over the limit of ${maxLineBytes} bytes`,
-            ).pipe(
-              Effect.zipRight(
-                write(
-                  errorResponse(recoverId(frame.head, frame.tail), {
-                    code: ErrorCode.InvalidRequest,
-                    message: `Invalid Request: message of ${frame.size} bytes exceeds the limit of ${maxLineBytes} bytes`,
-                  }),
-                ),
-              ),
-            )
-          }
-          const message = classifyLine(frame.bytes)
-          switch (message._tag) {
-            case "Invalid":
-              return write(errorResponse(message.id, message.error))
-            case "Response":
-              return session.respond(message.message)
-            case "Notification": {
-              if (message.message.method === "notifications/cancelled") {
-                // Cancelling the call cancels it at the child, which gets its own request id.
-                const key = requestKey(message.message.params?.requestId)
-                const cancelFast = fastInFlight.get(key)
-                if (cancelFast === undefined) return FiberMap.remove(inFlight, key)
-                fastInFlight.delete(key)
-                cancelFast()
-                if (fastInFlight.size === 0) whenFastDone?.()
-                return Effect.void
-              }
-              return session.notify(message.message)
-            }
-            case "Request": {
-              const request = message.message
-              if (isNotificationMethod(request.method)) {
-                // Answered (it has an id) but never forwarded: a child would take it as a request.
-                return write(
-                  errorResponse(request.id, {
-                    code: ErrorCode.InvalidRequest,
-                    message: `Invalid Request: ${request.method} is a notification and must not have an "id"`,
-                  }),
-                )
-              }
-              const key = requestKey(request.id)
-              return Effect.zip(FiberMap.has(inFlight, key), FiberMap.size(inFlight)).pipe(
-                Effect.flatMap(([busy, slowCount]) => {
-                  if (busy || fastInFlight.has(key)) {
-                    return write(
-                      errorResponse(request.id, {
-                        code: ErrorCode.InvalidRequest,
-                        message: `Invalid Request: id ${key} is already used by a request in progress`,
-                      }),
-                    )
-                  }
-                  if (fastInFlight.size + slowCount >= maxRequestsInFlight) {
-                    return write(
-                      errorResponse(request.id, {
-                        code: ErrorCode.InvalidRequest,
-                        message: `Invalid Request: more than ${maxRequestsInFlight} requests in progress`,
-                      }),
-                    )
-                  }
-                  return startRequest(request, key)
-                }),
-              )
-            }
-          }
-        }
-
+        const handleFrame = makeFrameHandler({ session, inFlight, write, maxLineBytes })
         const framer = new LineFramer(maxLineBytes)
         const untilEndOfInput = forEachChunk(channel.input, (chunk) =>
-          Effect.forEach(framer.push(chunk), handleFrame, { discard: true }),
+          Effect.forEach(framer.push(chunk), handleFrame, { discard: true }).pipe(Effect.zipRight(ready)),
         ).pipe(
           // A last line without its newline is still a message.
           Effect.zipRight(Effect.suspend(() => Effect.forEach(framer.end(), handleFrame, { discard: true }))),
           // The client said it has nothing more to send: answer what is still in progress, then end.
           Effect.zipRight(session.endOfInput),
-          Effect.zipRight(FiberMap.awaitEmpty(inFlight)),
-          Effect.zipRight(fastDrained),
+          Effect.zipRight(inFlight.drained),
           Effect.as(0),
         )
         // A channel closed outright has nobody left to answer: stop at once.
@@ -215,3 +175,60 @@ export const McpSessionLive = Layer.effect(
     return { serve }
   }),
 )
+
+interface FrameContext {
+  readonly session: HubSession
+  readonly inFlight: InFlight
+  readonly write: (message: JsonRpcMessage) => void
+  readonly maxLineBytes: number
+}
+
+const invalidRequest = (id: JsonRpcId | null, message: string) =>
+  errorResponse(id, { code: ErrorCode.InvalidRequest, message: `Invalid Request: ${message}` })
+
+/** What each line of the client does: answered at once when it is bad, else handed to the Hub. */
+const makeFrameHandler =
+  ({ session, inFlight, write, maxLineBytes }: FrameContext) =>
+  (frame: Frame): Effect.Effect<void> => {
+    if (frame._tag === "Oversized") {
+      write(
+        invalidRequest(
+          recoverId(frame.head, frame.tail),
+          `message of ${frame.size} bytes exceeds the limit of ${maxLineBytes} bytes`,
+        ),
+      )
+      return Effect.logWarning(
+        `refused a message of ${frame.size} bytes from the client, over the limit of ${maxLineBytes} bytes`,
+      )
+    }
+    const message = classifyLine(frame.bytes)
+    switch (message._tag) {
+      case "Invalid":
+        write(errorResponse(message.id, message.error))
+        return Effect.void
+      case "Response":
+        return session.respond(message.message)
+      case "Notification":
+        // Cancelling the call cancels it at the child, which gets its own request id.
+        if (message.message.method === "notifications/cancelled") {
+          inFlight.cancel(requestKey(message.message.params?.requestId))
+          return Effect.void
+        }
+        return session.notify(message.message)
+      case "Request": {
+        const request = message.message
+        const key = requestKey(request.id)
+        if (isNotificationMethod(request.method)) {
+          // Answered (it has an id) but never forwarded: a child would take it as a request.
+          write(invalidRequest(request.id, `${request.method} is a notification and must not have an "id"`))
+        } else if (inFlight.has(key)) {
+          write(invalidRequest(request.id, `id ${key} is already used by a request in progress`))
+        } else if (inFlight.size >= maxRequestsInFlight) {
+          write(invalidRequest(request.id, `more than ${maxRequestsInFlight} requests in progress`))
+        } else {
+          inFlight.start(session, request, key, write)
+        }
+        return Effect.void
+      }
+    }
+  }

@@ -1,0 +1,178 @@
+/**
+ * The children of one session: each configured server supervised (started, initialized with the
+ * client's handshake, restarted with backoff), and what the other parts ask of them: the connection
+ * of a child that is up, a bounded wait for one still starting, the merged view of their
+ * capabilities, and the log level fanned out to them.
+ */
+import { Deferred, Duration, Effect, Option, type Scope } from "effect"
+import {
+  ErrorCode,
+  errorResponse,
+  type JsonObject,
+  type JsonRpcId,
+  type JsonRpcRequest,
+  type JsonRpcResponse,
+} from "../../shared/jsonRpc.js"
+import type { CatalogShape } from "../children/Catalog.js"
+import {
+  type ClientHandshake,
+  type ReadyChild,
+  type SupervisedChild,
+  type SupervisorHooks,
+  type SupervisorOptions,
+  superviseChild,
+} from "../children/ChildSupervisor.js"
+import type { Upstream } from "../children/Upstream.js"
+import type { ChildServer } from "../config/GatewayConfig.js"
+import { mergeCapabilities, mergeInstructions } from "./mcp.js"
+import type { SessionProtocol } from "./protocol.js"
+
+export interface MergedView {
+  readonly capabilities: JsonObject
+  readonly instructions: string | undefined
+}
+
+export interface SessionChildren {
+  readonly all: ReadonlyArray<SupervisedChild>
+  readonly ready: (server: string) => ReadyChild | undefined
+  /** The child's connection; a child still starting gets up to --startup-wait to come up. */
+  readonly whenReady: (server: string) => Effect.Effect<ReadyChild | undefined>
+  /** Before deciding a name or URI is unknown, give children still starting their chance. */
+  readonly settleStarting: Effect.Effect<void>
+  readonly hasCapability: (child: SupervisedChild, capability: string) => boolean
+  readonly notRunning: (id: JsonRpcId, server: string) => JsonRpcResponse
+  /** Hand the children the client's handshake; fast ones are up when this returns. */
+  readonly start: (handshake: ClientHandshake) => Effect.Effect<void>
+  /** The merged server as it stands: up children as they are, the others as the probe saw them. */
+  readonly mergedView: () => MergedView
+  /**
+   * Remember the level of logging/setLevel's params (restarted children get it too) and send the
+   * params to every child that logs.
+   */
+  readonly setLevel: (params: JsonObject | undefined) => Effect.Effect<void>
+}
+
+export interface SessionChildrenOptions {
+  readonly upstream: Upstream["Type"]
+  readonly catalog: CatalogShape
+  readonly servers: ReadonlyArray<ChildServer>
+  readonly supervisor: SupervisorOptions
+  readonly startupWait: Duration.Duration
+  readonly protocol: SessionProtocol
+  readonly hooks: Pick<SupervisorHooks, "onMessage" | "onStateChange">
+}
+
+const readyState = (child: SupervisedChild | undefined): ReadyChild | undefined => {
+  const state = child?.state()
+  return state?._tag === "Ready" ? state : undefined
+}
+
+export const makeSessionChildren = (
+  options: SessionChildrenOptions,
+): Effect.Effect<SessionChildren, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const { protocol, startupWait } = options
+    const handshake = yield* Deferred.make<ClientHandshake>()
+    const all = yield* Effect.forEach(options.servers, (server) =>
+      superviseChild(options.upstream, server, options.supervisor, {
+        ...options.hooks,
+        handshake: Deferred.await(handshake),
+        logLevel: () => protocol.logLevel,
+      }),
+    )
+    const byName = new Map(all.map((child) => [child.server.name, child]))
+    const ready = (server: string) => readyState(byName.get(server))
+    const hasCapability = (child: SupervisedChild, capability: string) =>
+      readyState(child)?.capabilities[capability] !== undefined
+
+    const whenReady = (server: string): Effect.Effect<ReadyChild | undefined> =>
+      Effect.suspend(() => {
+        const child = byName.get(server)
+        if (child === undefined || child.state()._tag !== "Starting") return Effect.succeed(ready(server))
+        return child.settled.pipe(
+          Effect.timeout(startupWait),
+          Effect.ignore,
+          Effect.map(() => ready(server)),
+        )
+      })
+
+    const settleStarting = Effect.suspend(() =>
+      Effect.forEach(
+        all.filter((child) => child.state()._tag === "Starting"),
+        (child) => whenReady(child.server.name),
+        { concurrency: "unbounded", discard: true },
+      ),
+    )
+
+    const notRunning = (id: JsonRpcId, server: string): JsonRpcResponse => {
+      const state = byName.get(server)?.state()
+      const why =
+        state?._tag === "Down"
+          ? `${state.reason}; restarting in ${Duration.format(Duration.millis(state.retryInMillis))}`
+          : "it is still starting"
+      return errorResponse(id, {
+        code: ErrorCode.ServerUnavailable,
+        message: `server '${server}' is not running: ${why}`,
+      })
+    }
+
+    // Fast children make it into the first answer; slower ones join later with list_changed.
+    const start = (params: ClientHandshake) =>
+      Deferred.succeed(handshake, params).pipe(
+        Effect.zipRight(
+          Effect.forEach(all, (child) => child.settled, { concurrency: "unbounded", discard: true }).pipe(
+            Effect.timeout(startupWait),
+            Effect.ignore,
+          ),
+        ),
+      )
+
+    const mergedView = () => {
+      const known = all.map((child) => {
+        const up = readyState(child)
+        const profile = Option.getOrUndefined(options.catalog.profile(child.server.name))
+        return {
+          server: child.server.name,
+          capabilities: up?.capabilities ?? profile?.capabilities ?? {},
+          instructions: up?.instructions ?? profile?.instructions,
+        }
+      })
+      return {
+        capabilities: mergeCapabilities(known.map((entry) => entry.capabilities)),
+        instructions: mergeInstructions(known),
+      }
+    }
+
+    const setLevel = (params: JsonObject | undefined) =>
+      Effect.suspend(() => {
+        protocol.logLevel = typeof params?.level === "string" ? params.level : undefined
+        const request: JsonRpcRequest = {
+          jsonrpc: "2.0",
+          id: "set-level",
+          method: "logging/setLevel",
+          ...(params === undefined ? {} : { params }),
+        }
+        return Effect.forEach(
+          all.filter((child) => hasCapability(child, "logging")),
+          (child) =>
+            whenReady(child.server.name).pipe(
+              Effect.flatMap((up) =>
+                up === undefined ? Effect.void : Effect.ignore(up.connection.request(request)),
+              ),
+            ),
+          { concurrency: "unbounded", discard: true },
+        )
+      })
+
+    return {
+      all,
+      ready,
+      whenReady,
+      settleStarting,
+      hasCapability,
+      notRunning,
+      start,
+      mergedView,
+      setLevel,
+    } satisfies SessionChildren
+  })
