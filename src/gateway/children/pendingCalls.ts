@@ -1,0 +1,81 @@
+/**
+ * The requests a child has not answered yet, under the ids the gateway gave them: each with its
+ * caller's id, a deadline that progress extends, and one outcome. The per-call path: plain
+ * callbacks and a Node timer, no fiber.
+ */
+import { isObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../../shared/jsonRpc.js"
+import { UpstreamError } from "../errors.js"
+
+export type CallOutcome = JsonRpcResponse | UpstreamError
+
+interface Pending {
+  readonly callerId: JsonRpcId
+  readonly done: (outcome: CallOutcome) => void
+  /** Fires when the request has been silent (no answer, no progress) for the whole timeout. */
+  readonly timer: NodeJS.Timeout
+  readonly progressKey: string | undefined
+}
+
+const progressKeyOf = (token: unknown) => JSON.stringify(token)
+
+export class PendingCalls {
+  private readonly pending = new Map<number, Pending>()
+  /** Progress tokens of pending requests: progress on one resets its deadline. */
+  private readonly progressOwners = new Map<string, number>()
+  private nextId = 1
+
+  constructor(
+    private readonly timeoutMillis: number,
+    /** The deadline passed: the error for the caller, and the child is told to give up. */
+    private readonly timedOut: (id: number) => UpstreamError,
+    private readonly cancelAtChild: (id: number, reason: string) => void,
+  ) {}
+
+  /** Register a request; the id to send it to the child under. `done` gets the outcome, once. */
+  open(request: JsonRpcRequest, done: (outcome: CallOutcome) => void): number {
+    const id = this.nextId++
+    const meta = request.params?._meta
+    const token = isObject(meta) ? meta.progressToken : undefined
+    const progressKey = token === undefined ? undefined : progressKeyOf(token)
+    const timer = setTimeout(() => {
+      if (this.settle(id, this.timedOut(id))) this.cancelAtChild(id, "request timed out at the gateway")
+    }, this.timeoutMillis)
+    timer.unref()
+    this.pending.set(id, { callerId: request.id, done, timer, progressKey })
+    if (progressKey !== undefined) this.progressOwners.set(progressKey, id)
+    return id
+  }
+
+  /** Hand a request its outcome (an answer gets the caller's id back); false when it is not pending. */
+  settle(id: unknown, outcome: CallOutcome): boolean {
+    const entry = typeof id === "number" ? this.pending.get(id) : undefined
+    if (entry === undefined || typeof id !== "number") return false
+    this.forget(id, entry)
+    entry.done(outcome instanceof UpstreamError ? outcome : { ...outcome, id: entry.callerId })
+    return true
+  }
+
+  /** The caller gave up: true when the request was still pending, so the child should hear of it. */
+  withdraw(id: number): boolean {
+    const entry = this.pending.get(id)
+    if (entry === undefined) return false
+    this.forget(id, entry)
+    return true
+  }
+
+  failAll(error: UpstreamError): void {
+    for (const id of [...this.pending.keys()]) this.settle(id, error)
+  }
+
+  /** Progress on a pending request: its deadline starts again. */
+  progressed(token: unknown): void {
+    const owner = this.progressOwners.get(progressKeyOf(token))
+    if (owner !== undefined) this.pending.get(owner)?.timer.refresh()
+  }
+
+  private forget(id: number, entry: Pending) {
+    this.pending.delete(id)
+    clearTimeout(entry.timer)
+    if (entry.progressKey !== undefined) this.progressOwners.delete(entry.progressKey)
+  }
+}
