@@ -1,0 +1,138 @@
+/**
+ * The events of one SSH connection once ssh2 has taken it over: protocol errors end it at once,
+ * publickey is the only authentication (the signature verified here), global requests and
+ * forwarding channels are refused, and session channels are counted against --max-sessions.
+ */
+import { Effect, type Option } from "effect"
+import type { AuthorizedKey } from "../../shared/publicKey.js"
+import { fingerprintOf } from "../../shared/publicKey.js"
+import type { AuthContext, Connection, ServerChannel } from "../../shared/ssh2.js"
+import type { GatewaySettings } from "../config/settings.js"
+import type { ClientIdentity } from "../hub/Hub.js"
+import { decidePublicKey } from "./publicKeyAuth.js"
+import { wireSessionRequests } from "./sessionRequests.js"
+
+/** ssh2's errors carry a `level` (protocol, handshake, socket, client-timeout) or a DISCONNECT `code`. */
+type Ssh2Error = Error & { readonly level?: string; readonly code?: unknown }
+
+/** AES-GCM reports a forged tag as a bare OpenSSL error (native) or Node's "unable to authenticate". */
+const describeProtocolError = (message: string) =>
+  /^error:[0-9a-f]{8}:|unable to authenticate data/i.test(message)
+    ? `packet failed to decrypt (${message})`
+    : message
+
+export interface ClientWiring {
+  readonly settings: Pick<
+    GatewaySettings,
+    "keepaliveCountMax" | "keepaliveInterval" | "maxAuthTries" | "maxSessions"
+  >
+  readonly remote: string
+  /** Run a log line (or any short effect) now, from an ssh2 callback. */
+  readonly run: (effect: Effect.Effect<void>) => void
+  /** End the connection at once, saying why. */
+  readonly drop: (log: Effect.Effect<void>) => void
+  readonly findKey: (blob: Buffer) => Effect.Effect<Option.Option<AuthorizedKey>>
+  readonly authenticated: (identity: ClientIdentity) => void
+  readonly closed: () => void
+  /** The client is authenticated as far as ssh2 is concerned. */
+  readonly ready: () => void
+  readonly startMcp: (channel: ServerChannel, selection: ReadonlyArray<string>) => void
+}
+
+const onError = (wiring: ClientWiring) => (error: Ssh2Error) => {
+  const { settings, drop } = wiring
+  if (error.level === "socket") return drop(Effect.logDebug(`connection error: ${error.message}`))
+  if (error.level === "client-timeout") {
+    return drop(
+      Effect.logInfo(
+        `closed: no answer to ${settings.keepaliveCountMax} keepalive probes ${settings.keepaliveInterval}s apart`,
+      ),
+    )
+  }
+  if (typeof error.code === "number") return drop(Effect.logInfo(`closed by the client: ${error.message}`))
+  drop(Effect.logWarning(`closed: protocol error: ${describeProtocolError(error.message)}`))
+}
+
+const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
+  let failures = 0
+  const refuse = (why: string) => {
+    failures++
+    wiring.run(Effect.logInfo(`authentication failed: ${why}`))
+    if (failures >= wiring.settings.maxAuthTries) {
+      wiring.run(Effect.logWarning(`disconnected after ${failures} failed authentication attempts`))
+      client.end()
+    }
+  }
+  client.on("authentication", (context: AuthContext) => {
+    if (context.method === "none") return context.reject(["publickey"])
+    if (context.method !== "publickey") {
+      refuse(`method ${context.method} is not allowed`)
+      return context.reject(["publickey"])
+    }
+    const decide = (found: Option.Option<AuthorizedKey>) => {
+      if (found._tag === "None") {
+        refuse(`key ${context.key.algo} is not authorized (${fingerprintOf(context.key.data)})`)
+        return context.reject(["publickey"])
+      }
+      const key = found.value
+      const decision = decidePublicKey(
+        {
+          algo: context.key.algo,
+          hashAlgo: context.hashAlgo,
+          signature: context.signature,
+          blob: context.blob,
+        },
+        key,
+      )
+      if (decision._tag === "Refused") {
+        refuse(decision.reason)
+        return context.reject(["publickey"])
+      }
+      if (decision._tag === "Verified") {
+        wiring.authenticated({
+          fingerprint: key.fingerprint,
+          username: context.username,
+          address: wiring.remote,
+        })
+      }
+      context.accept()
+    }
+    wiring.run(Effect.map(wiring.findKey(context.key.data), decide))
+  })
+}
+
+export const wireClient = (client: Connection, wiring: ClientWiring) => {
+  const { run, settings } = wiring
+  client.on("error", onError(wiring))
+  client.on("close", wiring.closed)
+  wireAuthentication(client, wiring)
+  client.on("ready", wiring.ready)
+
+  // Port forwarding, in either direction, is never offered.
+  client.on("request", (_accept, reject, name) => {
+    run(Effect.logInfo(`refused global request ${name}`))
+    reject?.()
+  })
+  client.on("tcpip", (_accept, reject, info) => {
+    run(Effect.logInfo(`refused direct-tcpip channel to ${info.destIP}:${info.destPort}`))
+    reject()
+  })
+  client.on("openssh.streamlocal", (_accept, reject, info) => {
+    run(Effect.logInfo(`refused direct-streamlocal channel to ${JSON.stringify(info.socketPath)}`))
+    reject()
+  })
+
+  let openSessions = 0
+  client.on("session", (accept, reject) => {
+    if (openSessions >= settings.maxSessions) {
+      run(Effect.logInfo(`refused session: ${settings.maxSessions} already open`))
+      return reject()
+    }
+    openSessions++
+    const session = accept()
+    session.once("close", () => {
+      openSessions--
+    })
+    wireSessionRequests(session, (what) => run(Effect.logInfo(what)), wiring.startMcp)
+  })
+}
