@@ -20,12 +20,8 @@ import {
   preferredHostKeyAlgorithms,
   verifyHostKey,
 } from "../src/client/knownHostsFormat.js"
-import {
-  connectionLostResponse,
-  type LineFacts,
-  LineScanner,
-  PendingRequests,
-} from "../src/client/requestTracker.js"
+import { connectionLostResponse, PendingRequests } from "../src/client/pendingRequests.js"
+import { type LineFacts, LineScanner } from "../src/client/requestTracker.js"
 import {
   expandHome,
   isPlainHttpOverNetwork,

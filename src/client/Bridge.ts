@@ -12,7 +12,8 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import { forEachChunk, writeWithBackpressure } from "../shared/streams.js"
 import type { GatewaySession } from "./GatewayConnection.js"
-import { connectionLostResponse, LineScanner, PendingRequests } from "./requestTracker.js"
+import { connectionLostResponse, PendingRequests } from "./pendingRequests.js"
+import { LineScanner } from "./requestTracker.js"
 
 export type BridgeOutcome =
   /** The host closed our stdin: the session was ended in order. */
