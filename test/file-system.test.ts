@@ -1,0 +1,77 @@
+/** The shared file helpers, against real files in a temporary directory. */
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Cause, Effect, Exit, Option } from "effect"
+import { afterAll, describe, expect, it } from "vitest"
+import {
+  appendLine,
+  FileError,
+  readTextIfExists,
+  statIfExists,
+  writeFileAtomic,
+  writeFileWithMode,
+} from "../src/shared/fileSystem.js"
+
+const dir = mkdtempSync(join(tmpdir(), "mcp-ssh-fs-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+/** The FileError an effect failed with. */
+const failureOf = async (effect: Effect.Effect<unknown, FileError>): Promise<FileError> => {
+  const exit = await Effect.runPromiseExit(effect)
+  if (Exit.isSuccess(exit)) throw new Error("expected a failure")
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isNone(failure)) throw new Error(Cause.pretty(exit.cause))
+  return failure.value
+}
+
+describe("fileSystem", () => {
+  it("reads a missing file as none, and an existing one as its text", async () => {
+    expect(await Effect.runPromise(readTextIfExists(join(dir, "missing")))).toEqual(Option.none())
+    expect(await Effect.runPromise(statIfExists(join(dir, "missing")))).toEqual(Option.none())
+    const path = join(dir, "present")
+    writeFileSync(path, "text\n")
+    expect(await Effect.runPromise(readTextIfExists(path))).toEqual(Option.some("text\n"))
+  })
+
+  it("fails with a FileError naming the path, the operation and the errno code", async () => {
+    const file = join(dir, "regular")
+    writeFileSync(file, "")
+    const under = join(file, "child")
+    const error = await failureOf(readTextIfExists(under))
+    expect(error).toBeInstanceOf(FileError)
+    expect(error).toMatchObject({ _tag: "FileError", path: under, operation: "read", code: "ENOTDIR" })
+    expect(error.message).toMatch(/^ENOTDIR: not a directory/)
+    expect((await failureOf(statIfExists(under))).operation).toBe("stat")
+  })
+
+  it("writes atomically with the mode asked for, whatever the umask", async () => {
+    const path = join(dir, "new", "atomic")
+    await Effect.runPromise(writeFileAtomic(path, "one"))
+    await Effect.runPromise(writeFileAtomic(path, "two", 0o644))
+    expect(readFileSync(path, "utf8")).toBe("two")
+    expect(statSync(path).mode & 0o777).toBe(0o644)
+    expect(statSync(join(dir, "new")).mode & 0o777).toBe(0o700)
+  })
+
+  it("never overwrites a file when writing exclusively: the error says EEXIST", async () => {
+    const path = join(dir, "exclusive")
+    await Effect.runPromise(writeFileWithMode(path, "first", 0o600, { exclusive: true }))
+    const error = await failureOf(writeFileWithMode(path, "second", 0o600, { exclusive: true }))
+    expect(error).toMatchObject({ path, operation: "write", code: "EEXIST" })
+    expect(readFileSync(path, "utf8")).toBe("first")
+    await Effect.runPromise(writeFileWithMode(path, "third", 0o644))
+    expect(readFileSync(path, "utf8")).toBe("third")
+    expect(statSync(path).mode & 0o777).toBe(0o644)
+  })
+
+  it("appends a line on a line of its own", async () => {
+    const path = join(dir, "lines")
+    await Effect.runPromise(appendLine(path, "a"))
+    // Created 0600: others may not read what the file will hold.
+    expect(statSync(path).mode & 0o077).toBe(0)
+    writeFileSync(path, "a\nunfinished")
+    await Effect.runPromise(appendLine(path, "b"))
+    expect(readFileSync(path, "utf8")).toBe("a\nunfinished\nb\n")
+  })
+})
