@@ -27,7 +27,6 @@ import {
   PendingRequests,
 } from "../src/client/requestTracker.js"
 import {
-  expandHome,
   isPlainHttpOverNetwork,
   keyServerBase,
   parseLogLevel,
@@ -35,6 +34,7 @@ import {
   redirectProblem,
   sessionCommand,
 } from "../src/client/settings.js"
+import { expandHome } from "../src/shared/paths.js"
 
 const dir = mkdtempSync(join(tmpdir(), "mcp-ssh-client-domain-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))

@@ -1,4 +1,4 @@
-/** The shared file helpers, against real files in a temporary directory. */
+/** The shared file helpers and small shared tables, against real files in a temporary directory. */
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -12,6 +12,8 @@ import {
   writeFileAtomic,
   writeFileWithMode,
 } from "../src/shared/fileSystem.js"
+import { urlHost } from "../src/shared/net.js"
+import { expandHome } from "../src/shared/paths.js"
 
 const dir = mkdtempSync(join(tmpdir(), "mcp-ssh-fs-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -73,5 +75,20 @@ describe("fileSystem", () => {
     writeFileSync(path, "a\nunfinished")
     await Effect.runPromise(appendLine(path, "b"))
     expect(readFileSync(path, "utf8")).toBe("a\nunfinished\nb\n")
+  })
+})
+
+describe("shared small helpers", () => {
+  it("expands ~ under the home directory", () => {
+    expect(expandHome("~", "/home/me")).toBe("/home/me")
+    expect(expandHome("~/a/b", "/home/me/")).toBe("/home/me/a/b")
+    expect(expandHome("~other/a", "/home/me")).toBe("~other/a")
+    expect(expandHome("relative", "/home/me")).toBe("relative")
+  })
+
+  it("brackets IPv6 hosts in URLs, once", () => {
+    expect(urlHost("::1")).toBe("[::1]")
+    expect(urlHost("[::1]")).toBe("[::1]")
+    expect(urlHost("127.0.0.1")).toBe("127.0.0.1")
   })
 })

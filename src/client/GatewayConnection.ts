@@ -10,6 +10,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import { errorText } from "../shared/errorText.js"
+import { urlHost } from "../shared/net.js"
 import {
   type ClientChannel,
   type ConnectConfig,
@@ -17,7 +18,6 @@ import {
   Ssh2Client,
 } from "../shared/ssh2.js"
 import { AuthenticationRefused, ConnectError, HostKeyRefused } from "./errors.js"
-import { urlHost } from "./settings.js"
 
 export interface SessionTarget {
   readonly host: string

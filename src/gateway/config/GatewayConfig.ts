@@ -2,11 +2,11 @@
  * The gateway's resolved configuration: settings from flags > MCP_SSH_* variables > the JSON file's
  * `gateway` object > defaults, and the child servers of servers_config.json ready to spawn.
  */
-import { homedir } from "node:os"
 import { dirname, resolve } from "node:path"
 import { Config, Context, Effect, Either, Option } from "effect"
 import { errorText } from "../../shared/errorText.js"
 import { readText, statIfExists } from "../../shared/fileSystem.js"
+import { expandHome } from "../../shared/paths.js"
 import { ConfigError } from "../errors.js"
 import { registrationPolicyProblem } from "../keys/keyApiRules.js"
 import {
@@ -50,9 +50,6 @@ export class GatewayConfig extends Context.Tag("mcp-ssh/GatewayConfig")<
 
 /** Values given on the command line; absent means "not given", so lower layers may set them. */
 export type FlagValues = Partial<Record<SettingKey | "serversConfig", string | number | boolean>>
-
-export const expandHome = (path: string): string =>
-  path === "~" ? homedir() : path.startsWith("~/") ? resolve(homedir(), path.slice(2)) : path
 
 const serversConfigVariable = "MCP_SSH_SERVERS_CONFIG"
 const defaultRequestTimeout = 60

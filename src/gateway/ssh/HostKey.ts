@@ -5,9 +5,10 @@
 import { chmod, mkdir, readFile, stat, writeFile } from "node:fs/promises"
 import { dirname } from "node:path"
 import { Context, Effect, Layer } from "effect"
+import { expandHome } from "../../shared/paths.js"
 import { checkBlob, fingerprintOf } from "../../shared/publicKey.js"
 import { generateEd25519KeyPair, type ParsedKey, utils } from "../../shared/ssh2.js"
-import { expandHome, GatewayConfig } from "../config/GatewayConfig.js"
+import { GatewayConfig } from "../config/GatewayConfig.js"
 import { HostKeyError } from "../errors.js"
 
 export interface HostKeyShape {
