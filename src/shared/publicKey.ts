@@ -152,5 +152,9 @@ export const parseAuthorizedKeys = (content: string): ParsedAuthorizedKeys => {
   return { keys, problems }
 }
 
-export const formatPublicKey = (key: Pick<PublicKey, "type" | "blob" | "comment">): string =>
-  `${key.type} ${key.blob.toString("base64")}${key.comment === "" ? "" : ` ${key.comment}`}`
+/** `type base64 [comment]`; the type is a string so keys ssh2 parsed need no check first. */
+export const formatPublicKey = (key: {
+  readonly type: string
+  readonly blob: Buffer
+  readonly comment: string
+}): string => `${key.type} ${key.blob.toString("base64")}${key.comment === "" ? "" : ` ${key.comment}`}`
