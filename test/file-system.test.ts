@@ -2,7 +2,7 @@
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Cause, Effect, Exit, Option } from "effect"
+import { Cause, Effect, Exit, LogLevel, Option } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
 import {
   appendLine,
@@ -12,6 +12,7 @@ import {
   writeFileAtomic,
   writeFileWithMode,
 } from "../src/shared/fileSystem.js"
+import { logLevelOf } from "../src/shared/logLevel.js"
 import { urlHost } from "../src/shared/net.js"
 import { expandHome } from "../src/shared/paths.js"
 
@@ -90,5 +91,12 @@ describe("shared small helpers", () => {
     expect(urlHost("::1")).toBe("[::1]")
     expect(urlHost("[::1]")).toBe("[::1]")
     expect(urlHost("127.0.0.1")).toBe("127.0.0.1")
+  })
+
+  it("maps every level name both programs take", () => {
+    expect(logLevelOf.WARN).toBe(LogLevel.Warning)
+    expect(logLevelOf.CRITICAL).toBe(LogLevel.Fatal)
+    expect(logLevelOf.FATAL).toBe(LogLevel.Fatal)
+    expect(logLevelOf.NONE).toBe(LogLevel.None)
   })
 })
