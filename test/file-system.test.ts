@@ -15,6 +15,7 @@ import {
 import { logLevelOf } from "../src/shared/logLevel.js"
 import { urlHost } from "../src/shared/net.js"
 import { expandHome } from "../src/shared/paths.js"
+import { blobKeyType, decodeBase64 } from "../src/shared/publicKey.js"
 
 const dir = mkdtempSync(join(tmpdir(), "mcp-ssh-fs-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -98,5 +99,15 @@ describe("shared small helpers", () => {
     expect(logLevelOf.CRITICAL).toBe(LogLevel.Fatal)
     expect(logLevelOf.FATAL).toBe(LogLevel.Fatal)
     expect(logLevelOf.NONE).toBe(LogLevel.None)
+  })
+
+  it("decodes strict base64 only, and reads the type a blob names", () => {
+    expect(decodeBase64("AAAA")?.length).toBe(3)
+    expect(decodeBase64("AAA")).toBeUndefined()
+    expect(decodeBase64("AA AA")).toBeUndefined()
+    const blob = Buffer.concat([Buffer.from([0, 0, 0, 11]), Buffer.from("ssh-ed25519")])
+    expect(blobKeyType(blob)).toBe("ssh-ed25519")
+    expect(blobKeyType(blob.subarray(0, 10))).toBeUndefined()
+    expect(blobKeyType(Buffer.alloc(2))).toBeUndefined()
   })
 })
