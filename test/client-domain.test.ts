@@ -23,7 +23,6 @@ import {
 import { connectionLostResponse, PendingRequests } from "../src/client/pendingRequests.js"
 import { type LineFacts, LineScanner } from "../src/client/requestTracker.js"
 import {
-  expandHome,
   isPlainHttpOverNetwork,
   keyServerBase,
   parseLogLevel,
@@ -31,6 +30,7 @@ import {
   redirectProblem,
   sessionCommand,
 } from "../src/client/settings.js"
+import { expandHome } from "../src/shared/paths.js"
 
 const dir = mkdtempSync(join(tmpdir(), "mcp-ssh-client-domain-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))

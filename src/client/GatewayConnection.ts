@@ -9,6 +9,8 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
+import { errorText } from "../shared/errorText.js"
+import { urlHost } from "../shared/net.js"
 import {
   type ClientChannel,
   type ConnectConfig,
@@ -16,7 +18,6 @@ import {
   Ssh2Client,
 } from "../shared/ssh2.js"
 import { AuthenticationRefused, ConnectError, HostKeyRefused } from "./errors.js"
-import { urlHost } from "./settings.js"
 
 export interface SessionTarget {
   readonly host: string
@@ -120,9 +121,7 @@ const connect = (target: SessionTarget, tracker: EndTracker) => {
       // ssh2 leaves Nagle on; small JSON-RPC messages would wait for ACKs (tens of ms in handshakes).
       client.setNoDelay(true)
     } catch (error) {
-      refuse(
-        new ConnectError({ target: where, reason: error instanceof Error ? error.message : String(error) }),
-      )
+      refuse(new ConnectError({ target: where, reason: errorText(error) }))
     }
     return Effect.sync(() => client.destroy())
   })

@@ -6,6 +6,7 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import { errorText } from "../shared/errorText.js"
 import { isKeyProblem, parsePublicKey } from "../shared/publicKey.js"
 import { ClientConfig } from "./ClientConfig.js"
 import { KeyServerError } from "./errors.js"
@@ -35,20 +36,37 @@ export class KeyServerClient extends Context.Tag("mcp-ssh/KeyServerClient")<
 const requestTimeoutMs = 15_000
 const maxRedirects = 3
 
-const errorText = (error: unknown): string => {
-  if (!(error instanceof Error)) return String(error)
-  // fetch() says "fetch failed" and keeps the reason (ECONNREFUSED, a TLS error...) as its cause.
-  const cause = error.cause instanceof Error ? `: ${error.cause.message}` : ""
-  return `${error.message}${cause}`
-}
-
 interface Answer {
   readonly status: number
   readonly body: Readonly<Record<string, unknown>>
 }
 
+type Exchange =
+  | { readonly _tag: "Redirect"; readonly status: number; readonly location: string }
+  | { readonly _tag: "Body"; readonly status: number; readonly text: string }
+
 export const makeKeyServerClient = (base: string | undefined): KeyServerClientShape => {
   const failure = (reason: string) => new KeyServerError({ url: base ?? "(none)", reason })
+
+  /** One HTTP exchange; a redirect is returned, not followed, so each hop can be checked. */
+  const exchange = (url: string, init: RequestInit) =>
+    Effect.tryPromise({
+      // Interrupting the exchange aborts it (fetch gets the signal).
+      try: async (signal): Promise<Exchange> => {
+        const response = await fetch(url, { ...init, redirect: "manual", signal })
+        const location = response.headers.get("location")
+        if (response.status >= 300 && response.status < 400 && location !== null) {
+          await response.body?.cancel()
+          return { _tag: "Redirect", status: response.status, location }
+        }
+        return { _tag: "Body", status: response.status, text: await response.text() }
+      },
+      catch: (error) => failure(errorText(error)),
+    })
+
+  /** A URL relative to another; a bad one fails as fetch would have. */
+  const resolveUrl = (path: string, against: string) =>
+    Effect.try({ try: () => new URL(path, against).toString(), catch: (error) => failure(errorText(error)) })
 
   const call = (
     path: string,
@@ -58,55 +76,39 @@ export const makeKeyServerClient = (base: string | undefined): KeyServerClientSh
       readonly body?: string
     },
   ): Effect.Effect<Answer, KeyServerError> =>
-    Effect.tryPromise({
-      try: async (signal): Promise<Answer | string> => {
-        if (base === undefined) return "no key server is configured"
-        let url = new URL(path, base).toString()
-        for (let hop = 0; ; hop++) {
-          const response = await fetch(url, {
-            ...init,
-            redirect: "manual",
-            signal,
-          })
-          const location = response.headers.get("location")
-          if (response.status >= 300 && response.status < 400 && location !== null) {
-            await response.body?.cancel()
-            const next = new URL(location, url).toString()
-            const problem = redirectProblem(url, next)
-            if (problem !== undefined) return problem
-            // Only 307 and 308 keep a POST a POST; anything else would silently drop the body.
-            if (
-              hop >= maxRedirects ||
-              (init.method === "POST" && response.status !== 307 && response.status !== 308)
-            ) {
-              return `unexpected redirect (HTTP ${response.status}) to ${next}`
-            }
-            url = next
-            continue
+    Effect.gen(function* () {
+      if (base === undefined) return yield* failure("no key server is configured")
+      let url = yield* resolveUrl(path, base)
+      for (let hop = 0; ; hop++) {
+        const answer = yield* exchange(url, init)
+        if (answer._tag === "Redirect") {
+          const next = yield* resolveUrl(answer.location, url)
+          const problem = redirectProblem(url, next)
+          if (problem !== undefined) return yield* failure(problem)
+          // Only 307 and 308 keep a POST a POST; anything else would silently drop the body.
+          if (
+            hop >= maxRedirects ||
+            (init.method === "POST" && answer.status !== 307 && answer.status !== 308)
+          ) {
+            return yield* failure(`unexpected redirect (HTTP ${answer.status}) to ${next}`)
           }
-          const text = await response.text()
-          let body: unknown
-          try {
-            body = JSON.parse(text)
-          } catch {
-            return `HTTP ${response.status} with a body that is not JSON`
-          }
-          if (typeof body !== "object" || body === null || Array.isArray(body)) {
-            return `HTTP ${response.status} with a body that is not a JSON object`
-          }
-          return { status: response.status, body: body as Record<string, unknown> }
+          url = next
+          continue
         }
-      },
-      catch: (error) => failure(errorText(error)),
+        const body = yield* Effect.try({
+          try: (): unknown => JSON.parse(answer.text),
+          catch: () => failure(`HTTP ${answer.status} with a body that is not JSON`),
+        })
+        if (typeof body !== "object" || body === null || Array.isArray(body)) {
+          return yield* failure(`HTTP ${answer.status} with a body that is not a JSON object`)
+        }
+        return { status: answer.status, body: body as Record<string, unknown> }
+      }
     }).pipe(
-      // Interrupting the request aborts it (fetch gets the signal).
       Effect.timeoutFail({
         duration: `${requestTimeoutMs} millis`,
         onTimeout: () => failure(`no answer within ${requestTimeoutMs / 1000} s`),
       }),
-      Effect.flatMap((answer) =>
-        typeof answer === "string" ? Effect.fail(failure(answer)) : Effect.succeed(answer),
-      ),
     )
 
   const reasonOf = (answer: Answer): string =>

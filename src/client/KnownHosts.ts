@@ -4,11 +4,12 @@
  * plain form (`[host]:port type key`), readable by OpenSSH and by people; hashed lines that are
  * already there are understood.
  */
-import { appendFile, mkdir, open, readFile } from "node:fs/promises"
 import { dirname } from "node:path"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { appendLine, makeDirectory, readTextIfExists } from "../shared/fileSystem.js"
 import { ClientConfig } from "./ClientConfig.js"
 import { KnownHostsError } from "./errors.js"
 import {
@@ -35,41 +36,12 @@ export interface KnownHostsShape {
 
 export class KnownHosts extends Context.Tag("mcp-ssh/KnownHosts")<KnownHosts, KnownHostsShape>() {}
 
-const errorText = (error: unknown): string => (error instanceof Error ? error.message : String(error))
-
-const codeOf = (error: unknown): string | undefined =>
-  typeof error === "object" && error !== null && "code" in error && typeof error.code === "string"
-    ? error.code
-    : undefined
-
-/** Does the file end without a newline (so an appended line must start with one)? */
-const lacksFinalNewline = async (path: string): Promise<boolean> => {
-  const handle = await open(path, "r").catch(() => undefined)
-  if (handle === undefined) return false
-  try {
-    const { size } = await handle.stat()
-    if (size === 0) return false
-    const last = Buffer.alloc(1)
-    await handle.read(last, 0, 1, size - 1)
-    return last[0] !== 0x0a
-  } finally {
-    await handle.close()
-  }
-}
-
 export const loadKnownHosts = (path: string) =>
   Effect.gen(function* () {
-    const content = yield* Effect.tryPromise({
-      try: () => readFile(path, "utf8"),
-      catch: (error) => error,
-    }).pipe(
-      Effect.catchAll((error) =>
-        codeOf(error) === "ENOENT"
-          ? Effect.succeed("")
-          : Effect.fail(new KnownHostsError({ path, reason: `cannot read: ${errorText(error)}` })),
-      ),
+    const content = yield* readTextIfExists(path).pipe(
+      Effect.mapError((error) => new KnownHostsError({ path, reason: `cannot read: ${error.message}` })),
     )
-    const parsed = parseKnownHosts(content)
+    const parsed = parseKnownHosts(Option.getOrElse(content, () => ""))
     for (const problem of parsed.problems) {
       yield* Effect.logDebug(`${path}:${problem.line} ignored: ${problem.reason}`)
     }
@@ -87,15 +59,12 @@ export const loadKnownHosts = (path: string) =>
           keyType: line.split(" ")[1] ?? "",
           blob,
         })
-        yield* Effect.tryPromise(async () => {
-          await mkdir(dirname(path), { recursive: true, mode: 0o700 })
-          const prefix = (await lacksFinalNewline(path)) ? "\n" : ""
-          await appendFile(path, `${prefix}${line}\n`, { mode: 0o600 })
-        }).pipe(
+        yield* makeDirectory(dirname(path)).pipe(
+          Effect.zipRight(appendLine(path, line)),
           Effect.zipRight(Effect.logInfo(`pinned the host key of ${name} in ${path}`)),
           Effect.catchAll((error) =>
             Effect.logWarning(
-              `cannot add the host key of ${name} to ${path} (${errorText(error.error)}); trusting it for this run only`,
+              `cannot add the host key of ${name} to ${path} (${error.message}); trusting it for this run only`,
             ),
           ),
         )

@@ -20,6 +20,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import { expandHome } from "../shared/paths.js"
 import { version } from "../shared/version.js"
 import { Bridge } from "./Bridge.js"
 import { ClientConnection } from "./ClientConnection.js"
@@ -29,7 +30,6 @@ import {
   type ClientSettings,
   clientDefaults,
   enrollTokenVariable,
-  expandHome,
   isProblem,
   keyServerBase,
   parseLogLevel,

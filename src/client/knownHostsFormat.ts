@@ -5,7 +5,7 @@
  * `@cert-authority` markers. A key is matched by its blob (which names its type), never by comment.
  */
 import { createHmac, timingSafeEqual } from "node:crypto"
-import { fingerprintOf } from "../shared/publicKey.js"
+import { blobKeyType, decodeBase64, fingerprintOf } from "../shared/publicKey.js"
 
 export type KnownHostsMarker = "revoked" | "cert-authority" | undefined
 
@@ -37,18 +37,6 @@ export const knownHostsName = (host: string, port: number): string => {
     .replace(/^\[(.*)\]$/, "$1")
     .toLowerCase()
   return port === 22 ? bare : `[${bare}]:${port}`
-}
-
-const base64Pattern = /^[A-Za-z0-9+/]+={0,2}$/
-
-const decodeBase64 = (text: string): Buffer | undefined =>
-  base64Pattern.test(text) && text.length % 4 === 0 ? Buffer.from(text, "base64") : undefined
-
-/** The type named inside a key blob (its first SSH string), or undefined if the blob is too short. */
-export const blobKeyType = (blob: Buffer): string | undefined => {
-  if (blob.length < 4) return undefined
-  const length = blob.readUInt32BE(0)
-  return 4 + length <= blob.length ? blob.subarray(4, 4 + length).toString("latin1") : undefined
 }
 
 const parseHosts = (field: string): HostMatcher | string => {

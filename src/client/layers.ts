@@ -1,7 +1,8 @@
 /** Composition only: the live services of mcp-ssh-client, and the logger it writes to stderr with. */
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
+import type * as LogLevel from "effect/LogLevel"
+import { logLevelOf } from "../shared/logLevel.js"
 import { BridgeLive } from "./Bridge.js"
 import { ClientConfig } from "./ClientConfig.js"
 import { ClientConnectionLive } from "./ClientConnection.js"
@@ -21,16 +22,6 @@ export const ClientLayer = Layer.merge(
 
 export const clientFromSettings = (settings: ClientSettings) =>
   ClientLayer.pipe(Layer.provide(Layer.succeed(ClientConfig, settings)))
-
-const logLevelOf: Record<ClientLogLevel, LogLevel.LogLevel> = {
-  TRACE: LogLevel.Trace,
-  DEBUG: LogLevel.Debug,
-  INFO: LogLevel.Info,
-  WARNING: LogLevel.Warning,
-  ERROR: LogLevel.Error,
-  CRITICAL: LogLevel.Fatal,
-  NONE: LogLevel.None,
-}
 
 const labelOf = (level: LogLevel.LogLevel): string => (level._tag === "Warning" ? "WARNING" : level.label)
 

@@ -2,7 +2,7 @@
  * mcp-ssh-client's settings: the original client's flags and defaults, plus enrollment and server
  * selection, checked without IO.
  */
-import { isLoopbackHost } from "../shared/net.js"
+import { isLoopbackHost, urlHost } from "../shared/net.js"
 
 export const clientDefaults = {
   host: "localhost",
@@ -71,10 +71,6 @@ export const parseServers = (text: string): ReadonlyArray<string> | SettingsProb
 export const sessionCommand = (servers: ReadonlyArray<string>): string | undefined =>
   servers.length === 0 ? undefined : servers.join(",")
 
-/** A host in a URL: IPv6 addresses in brackets. */
-export const urlHost = (host: string): string =>
-  host.includes(":") && !host.startsWith("[") ? `[${host}]` : host
-
 /**
  * The key API's base URL: --key-server-url as given (https or http, nothing else), or the original
  * client's `http://<host>:<key-server-port>`. Never a guess that changes the scheme.
@@ -114,7 +110,3 @@ export const redirectProblem = (from: string, to: string): string | undefined =>
   new URL(from).protocol === "https:" && new URL(to).protocol !== "https:"
     ? `refusing a redirect from https to ${new URL(to).protocol.slice(0, -1)} (${to})`
     : undefined
-
-/** `~` and `~/...` under the given home directory. */
-export const expandHome = (path: string, home: string): string =>
-  path === "~" ? home : path.startsWith("~/") ? `${home.replace(/\/+$/, "")}/${path.slice(2)}` : path

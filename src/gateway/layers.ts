@@ -1,5 +1,6 @@
 /** Composition only: the live services that make the gateway, and the logger it writes with. */
-import { Layer, Logger, LogLevel } from "effect"
+import { Layer, Logger } from "effect"
+import { logLevelOf } from "../shared/logLevel.js"
 import { CatalogLive } from "./children/Catalog.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
 import { UpstreamLive } from "./children/Upstream.js"
@@ -26,18 +27,6 @@ export const GatewayLayer = SshServerLive.pipe(
   Layer.provide(SessionLayer),
   Layer.provideMerge(Layer.mergeAll(HostKeyLive, KeyStoreLive)),
 )
-
-const logLevelOf: Record<GatewaySettings["logLevel"], LogLevel.LogLevel> = {
-  TRACE: LogLevel.Trace,
-  DEBUG: LogLevel.Debug,
-  INFO: LogLevel.Info,
-  WARNING: LogLevel.Warning,
-  WARN: LogLevel.Warning,
-  ERROR: LogLevel.Error,
-  CRITICAL: LogLevel.Fatal,
-  FATAL: LogLevel.Fatal,
-  NONE: LogLevel.None,
-}
 
 /** logfmt on stderr: stdout stays free, and every line is machine-readable. */
 export const loggerLayer = (level: GatewaySettings["logLevel"]) =>

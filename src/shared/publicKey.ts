@@ -54,6 +54,15 @@ export const readStrings = (blob: Buffer, count: number, exact = false): Array<B
   return exact && offset !== blob.length ? undefined : out
 }
 
+/** The type named inside a key blob (its first SSH string), or undefined if the blob is too short. */
+export const blobKeyType = (blob: Buffer): string | undefined => readStrings(blob, 1)?.[0]?.toString("latin1")
+
+const base64Pattern = /^[A-Za-z0-9+/]+={0,2}$/
+
+/** Strict base64, as OpenSSH writes key data: padded, no blanks; undefined when it is not. */
+export const decodeBase64 = (text: string): Buffer | undefined =>
+  base64Pattern.test(text) && text.length % 4 === 0 ? Buffer.from(text, "base64") : undefined
+
 const rsaModulusBits = (modulus: Buffer): number => {
   let start = 0
   while (start < modulus.length && modulus[start] === 0) start++
@@ -87,8 +96,6 @@ export const checkBlob = (type: string, blob: Buffer): KeyProblem | undefined =>
   return undefined
 }
 
-const base64Pattern = /^[A-Za-z0-9+/]+={0,2}$/
-
 /** Parse `type base64 [comment]` (no options). */
 export const parsePublicKey = (text: string): PublicKey | KeyProblem => {
   const trimmed = text.trim()
@@ -97,9 +104,8 @@ export const parsePublicKey = (text: string): PublicKey | KeyProblem => {
   const match = /^(\S+)\s+(\S+)(?:\s+(.*))?$/.exec(trimmed)
   if (match === null) return { reason: "expected '<type> <base64> [comment]'" }
   const [, type = "", encoded = "", comment = ""] = match
-  if (!base64Pattern.test(encoded) || encoded.length % 4 !== 0)
-    return { reason: "key data is not valid base64" }
-  const blob = Buffer.from(encoded, "base64")
+  const blob = decodeBase64(encoded)
+  if (blob === undefined) return { reason: "key data is not valid base64" }
   const problem = checkBlob(type, blob)
   if (problem !== undefined) return problem
   return { type: type as AllowedKeyType, blob, comment, fingerprint: fingerprintOf(blob) }
@@ -152,5 +158,9 @@ export const parseAuthorizedKeys = (content: string): ParsedAuthorizedKeys => {
   return { keys, problems }
 }
 
-export const formatPublicKey = (key: Pick<PublicKey, "type" | "blob" | "comment">): string =>
-  `${key.type} ${key.blob.toString("base64")}${key.comment === "" ? "" : ` ${key.comment}`}`
+/** `type base64 [comment]`; the type is a string so keys ssh2 parsed need no check first. */
+export const formatPublicKey = (key: {
+  readonly type: string
+  readonly blob: Buffer
+  readonly comment: string
+}): string => `${key.type} ${key.blob.toString("base64")}${key.comment === "" ? "" : ` ${key.comment}`}`

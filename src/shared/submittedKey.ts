@@ -4,7 +4,9 @@
  */
 import {
   type AllowedKeyType,
+  blobKeyType,
   checkBlob,
+  decodeBase64,
   fingerprintOf,
   isAllowedKeyType,
   type KeyProblem,
@@ -22,8 +24,6 @@ const rsaSignatureLabels = ["rsa-sha2-256", "rsa-sha2-512"]
  * authorized_keys line or make a listing lie about what it shows.
  */
 const forbiddenInComment = /[\p{Cc}\p{Zl}\p{Zp}\u202A-\u202E\u2066-\u2069]/u
-
-const base64Pattern = /^[A-Za-z0-9+/]+={0,2}$/
 
 /** How many SSH strings a blob of this type holds (RFC 4253 6.6, RFC 5656 3.1, RFC 8709). */
 const fieldCount = (type: AllowedKeyType): number => (type === "ssh-ed25519" ? 2 : 3)
@@ -73,13 +73,11 @@ export const validateSubmittedKey = (text: string): PublicKey | KeyProblem => {
     }
   }
   if (second === "") return { reason: "the key data is missing; expected '<type> <base64> [comment]'" }
-  if (!base64Pattern.test(second) || second.length % 4 !== 0) {
-    return { reason: "the key data is not valid base64" }
-  }
-  const blob = Buffer.from(second, "base64")
+  const blob = decodeBase64(second)
+  if (blob === undefined) return { reason: "the key data is not valid base64" }
   const type: AllowedKeyType = rsaSignatureLabels.includes(label) ? "ssh-rsa" : (label as AllowedKeyType)
   // The blob names its own type first; say so plainly when it is not the line's.
-  const inner = blob.length >= 4 ? blob.subarray(4, 4 + blob.readUInt32BE(0)).toString("latin1") : ""
+  const inner = blobKeyType(blob) ?? ""
   if (inner !== type) return { reason: `key data says '${shown(inner)}' but the line says '${label}'` }
   const problem = checkBlob(type, blob)
   if (problem !== undefined) return problem

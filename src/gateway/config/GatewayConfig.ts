@@ -2,10 +2,11 @@
  * The gateway's resolved configuration: settings from flags > MCP_SSH_* variables > the JSON file's
  * `gateway` object > defaults, and the child servers of servers_config.json ready to spawn.
  */
-import { access, readFile } from "node:fs/promises"
-import { homedir } from "node:os"
 import { dirname, resolve } from "node:path"
 import { Config, Context, Effect, Either, Option } from "effect"
+import { errorText } from "../../shared/errorText.js"
+import { readText, statIfExists } from "../../shared/fileSystem.js"
+import { expandHome } from "../../shared/paths.js"
 import { ConfigError } from "../errors.js"
 import { registrationPolicyProblem } from "../keys/keyApiRules.js"
 import {
@@ -50,9 +51,6 @@ export class GatewayConfig extends Context.Tag("mcp-ssh/GatewayConfig")<
 /** Values given on the command line; absent means "not given", so lower layers may set them. */
 export type FlagValues = Partial<Record<SettingKey | "serversConfig", string | number | boolean>>
 
-export const expandHome = (path: string): string =>
-  path === "~" ? homedir() : path.startsWith("~/") ? resolve(homedir(), path.slice(2)) : path
-
 const serversConfigVariable = "MCP_SSH_SERVERS_CONFIG"
 const defaultRequestTimeout = 60
 
@@ -67,20 +65,14 @@ const readEnvironmentSettings = Effect.gen(function* () {
 }).pipe(Effect.orDie)
 
 const readJson = (path: string) =>
-  Effect.tryPromise({
-    try: () => readFile(path, "utf8"),
-    catch: (error) =>
-      new ConfigError({
-        message: `${path}: cannot read the servers config: ${error instanceof Error ? error.message : String(error)}`,
-      }),
-  }).pipe(
+  readText(path).pipe(
+    Effect.mapError(
+      (error) => new ConfigError({ message: `${path}: cannot read the servers config: ${error.message}` }),
+    ),
     Effect.flatMap((text) =>
       Effect.try({
         try: (): unknown => JSON.parse(text),
-        catch: (error) =>
-          new ConfigError({
-            message: `${path}: not valid JSON: ${error instanceof Error ? error.message : String(error)}`,
-          }),
+        catch: (error) => new ConfigError({ message: `${path}: not valid JSON: ${errorText(error)}` }),
       }),
     ),
   )
@@ -178,11 +170,10 @@ export const loadGatewayConfig = (
 export const loadStoreConfig = (flags: FlagValues) =>
   Effect.gen(function* () {
     const { configPath, named } = yield* serversConfigPath(flags)
-    const exists = yield* Effect.promise(() =>
-      access(configPath).then(
-        () => true,
-        () => false,
-      ),
+    // Unreadable counts as absent here, as for an unnamed default: reading it is not asked for.
+    const exists = yield* statIfExists(configPath).pipe(
+      Effect.map(Option.isSome),
+      Effect.orElseSucceed(() => false),
     )
     const file = named || exists ? yield* readServersConfig(configPath) : undefined
     const settings = yield* resolveSettings(flags, configPath, file)

@@ -5,7 +5,8 @@
  */
 import { randomBytes } from "node:crypto"
 import { Clock, Context, Effect, Either, Layer, Option } from "effect"
-import { expandHome, GatewayConfig } from "../config/GatewayConfig.js"
+import { expandHome } from "../../shared/paths.js"
+import { GatewayConfig } from "../config/GatewayConfig.js"
 import { StoreError } from "../errors.js"
 import { readTextIfExists, writeFileAtomic } from "./files.js"
 import { KeyStore } from "./KeyStore.js"

@@ -12,7 +12,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Clock, Context, Data, Effect, Either, Layer, Option } from "effect"
-import { isLoopbackHost } from "../../shared/net.js"
+import { isLoopbackHost, urlHost } from "../../shared/net.js"
 import { isKeyProblem, type PublicKey } from "../../shared/publicKey.js"
 import { validateSubmittedKey } from "../../shared/submittedKey.js"
 import { version } from "../../shared/version.js"
@@ -106,8 +106,6 @@ const submittedKey = (body: Readonly<Record<string, unknown>>): Effect.Effect<Pu
 
 const remoteOf = (request: HttpServerRequest.HttpServerRequest): string =>
   Option.getOrElse(request.remoteAddress, () => "unknown").replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "")
-
-const urlHost = (host: string): string => (host.includes(":") ? `[${host}]` : host)
 
 export const KeyApiLive = Layer.scoped(
   KeyApi,

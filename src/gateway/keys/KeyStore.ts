@@ -21,8 +21,9 @@ import {
   Schedule,
   Scope,
 } from "effect"
+import { expandHome } from "../../shared/paths.js"
 import { type AuthorizedKey, type PublicKey, parseAuthorizedKeys } from "../../shared/publicKey.js"
-import { expandHome, GatewayConfig } from "../config/GatewayConfig.js"
+import { GatewayConfig } from "../config/GatewayConfig.js"
 import { StoreError } from "../errors.js"
 import { appendKey, readStoredKeys, removeKey, type StoredKey } from "./authorizedKeysFile.js"
 import { lockFile, readTextIfExists, writeFileAtomic } from "./files.js"

@@ -4,10 +4,10 @@
  * with no server needed. A running gateway sees the changes: added keys at the next login, removed
  * keys end their live sessions.
  */
-import { readFile } from "node:fs/promises"
 import { text as readAll } from "node:stream/consumers"
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option } from "effect"
+import { readText } from "../../shared/fileSystem.js"
 import { isAllowedKeyType, isKeyProblem } from "../../shared/publicKey.js"
 import { validateSubmittedKey } from "../../shared/submittedKey.js"
 import { type FlagValues, loadStoreConfig } from "../config/GatewayConfig.js"
@@ -114,11 +114,9 @@ const keyText = (given: string) => {
   if (given === "-") return Effect.promise(() => readAll(process.stdin))
   const first = given.trim().split(/\s+/)[0] ?? ""
   if (isAllowedKeyType(first) || /^(ssh|ecdsa|rsa|sk)-/.test(first)) return Effect.succeed(given)
-  return Effect.tryPromise({
-    try: () => readFile(given, "utf8"),
-    catch: (error) =>
-      new ConfigError({ message: `${given}: ${error instanceof Error ? error.message : String(error)}` }),
-  })
+  return readText(given).pipe(
+    Effect.mapError((error) => new ConfigError({ message: `${given}: ${error.message}` })),
+  )
 }
 
 const addCommand = Command.make(

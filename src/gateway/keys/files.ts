@@ -1,79 +1,29 @@
 /**
- * Files that several processes share: atomic replacement (temp file, fsync, rename, fsync of the
- * directory), an exclusive lock file, and secrets read from files.
+ * Files that several processes share: the key store's reads and atomic writes, an exclusive lock
+ * file, and secrets read from files. File failures become StoreError (ConfigError for secrets) here.
  */
 import { randomBytes } from "node:crypto"
-import { mkdir, open, readFile, rename, rm, stat, unlink } from "node:fs/promises"
-import { basename, dirname, join } from "node:path"
+import { dirname } from "node:path"
 import { Clock, Duration, Effect, Option, type Scope } from "effect"
+import * as FileSystem from "../../shared/fileSystem.js"
 import { ConfigError, StoreError } from "../errors.js"
 import { minimumSecretLength } from "./keyApiRules.js"
 
-const errorText = (error: unknown): string => (error instanceof Error ? error.message : String(error))
+const storeError = (action: string) => (error: FileSystem.FileError) =>
+  new StoreError({ path: error.path, reason: `${action}: ${error.message}` })
 
-const codeOf = (error: unknown): string | undefined =>
-  typeof error === "object" && error !== null && "code" in error && typeof error.code === "string"
-    ? error.code
-    : undefined
-
-/** The file's text and mode, or none when it does not exist. */
+/** The file's text and mode, or none when it does not exist (or vanishes while being read). */
 export const readTextIfExists = (path: string) =>
-  Effect.tryPromise({
-    try: async () => {
-      try {
-        const info = await stat(path)
-        return Option.some({ text: await readFile(path, "utf8"), mode: info.mode })
-      } catch (error) {
-        if (codeOf(error) === "ENOENT") return Option.none()
-        throw error
-      }
-    },
-    catch: (error) => new StoreError({ path, reason: `cannot read: ${errorText(error)}` }),
-  })
+  Effect.gen(function* () {
+    const info = yield* FileSystem.statIfExists(path)
+    if (Option.isNone(info)) return Option.none()
+    const text = yield* FileSystem.readTextIfExists(path)
+    return Option.map(text, (text) => ({ text, mode: info.value.mode }))
+  }).pipe(Effect.mapError(storeError("cannot read")))
 
-/**
- * Replace the file's content all at once: readers see the old file or the new one, never a part,
- * and a crash leaves one of the two. The new file gets `mode` whatever the umask.
- */
+/** Replace the file's content all at once (see FileSystem.writeFileAtomic). */
 export const writeFileAtomic = (path: string, content: string, mode = 0o600) =>
-  Effect.tryPromise({
-    try: async () => {
-      const dir = dirname(path)
-      await mkdir(dir, { recursive: true, mode: 0o700 })
-      const temporary = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`)
-      try {
-        const handle = await open(temporary, "wx", mode)
-        try {
-          await handle.writeFile(content, "utf8")
-          await handle.chmod(mode)
-          await handle.sync()
-        } finally {
-          await handle.close()
-        }
-        await rename(temporary, path)
-      } catch (error) {
-        await rm(temporary, { force: true })
-        throw error
-      }
-      // The rename is only durable once the directory entry is.
-      const directory = await open(dir, "r")
-      try {
-        await directory.sync()
-      } finally {
-        await directory.close()
-      }
-    },
-    catch: (error) => new StoreError({ path, reason: `cannot write: ${errorText(error)}` }),
-  })
-
-const isAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return codeOf(error) === "EPERM"
-  }
-}
+  FileSystem.writeFileAtomic(path, content, mode).pipe(Effect.mapError(storeError("cannot write")))
 
 /**
  * Hold `lockPath` (created exclusively, holding our pid) for the scope. A lock left by a process
@@ -84,33 +34,31 @@ export const lockFile = (
   timeout: Duration.DurationInput = Duration.seconds(10),
 ): Effect.Effect<void, StoreError, Scope.Scope> => {
   const mine = `${process.pid} ${randomBytes(8).toString("hex")}\n`
-  const tryTake = Effect.tryPromise({
-    try: async (): Promise<"taken" | "busy"> => {
-      await mkdir(dirname(lockPath), { recursive: true, mode: 0o700 })
-      try {
-        const handle = await open(lockPath, "wx", 0o600)
-        try {
-          await handle.writeFile(mine)
-        } finally {
-          await handle.close()
-        }
-        return "taken"
-      } catch (error) {
-        if (codeOf(error) !== "EEXIST") throw error
-      }
-      const holder = await readFile(lockPath, "utf8").catch(() => "")
-      const pid = Number(holder.split(" ")[0])
-      // Our own pid cannot be a live holder: in this process the semaphore admits one writer. (In a
-      // container a restarted server often gets the pid its dead predecessor had.)
-      const stale = holder !== "" && Number.isInteger(pid) && (pid === process.pid || !isAlive(pid))
-      if (stale && (await readFile(lockPath, "utf8").catch(() => "")) === holder) {
-        await unlink(lockPath).catch(() => undefined)
-      }
-      return "busy"
-    },
-    catch: (error) =>
-      new StoreError({ path: lockPath, reason: `cannot create the lock file: ${errorText(error)}` }),
-  })
+  // Unreadable reads as empty: a lock being created or removed right now.
+  const holderText = FileSystem.readText(lockPath).pipe(Effect.orElseSucceed(() => ""))
+  const tryTake: Effect.Effect<"taken" | "busy", StoreError> = Effect.gen(function* () {
+    yield* FileSystem.makeDirectory(dirname(lockPath))
+    const taken = yield* FileSystem.writeFileWithMode(lockPath, mine, 0o600, { exclusive: true }).pipe(
+      Effect.as(true),
+      Effect.catchIf(
+        (error) => error.code === "EEXIST",
+        () => Effect.succeed(false),
+      ),
+    )
+    if (taken) return "taken"
+    const holder = yield* holderText
+    const pid = Number(holder.split(" ")[0])
+    // Our own pid cannot be a live holder: in this process the semaphore admits one writer. (In a
+    // container a restarted server often gets the pid its dead predecessor had.)
+    const stale =
+      holder !== "" && Number.isInteger(pid) && (pid === process.pid || !FileSystem.isProcessAlive(pid))
+    if (stale && (yield* holderText) === holder) yield* Effect.ignore(FileSystem.removeFile(lockPath))
+    return "busy"
+  }).pipe(
+    Effect.mapError(
+      (error) => new StoreError({ path: lockPath, reason: `cannot create the lock file: ${error.message}` }),
+    ),
+  )
   // A deadline rather than a timeout: acquisition is uninterruptible, and an attempt interrupted
   // after creating the file would leave a lock nobody releases.
   const attempt = (deadline: number): Effect.Effect<void, StoreError> =>
@@ -134,12 +82,11 @@ export const lockFile = (
     )
   return Effect.acquireRelease(
     Effect.flatMap(Clock.currentTimeMillis, (now) => attempt(now + Duration.toMillis(timeout))),
+    // Only remove the lock if it is still ours.
     () =>
-      Effect.promise(async () => {
-        // Only remove the lock if it is still ours.
-        if ((await readFile(lockPath, "utf8").catch(() => "")) === mine)
-          await unlink(lockPath).catch(() => undefined)
-      }),
+      Effect.flatMap(holderText, (holder) =>
+        holder === mine ? Effect.ignore(FileSystem.removeFile(lockPath)) : Effect.void,
+      ),
   )
 }
 
