@@ -487,7 +487,9 @@ describe("ids that two clients choose alike", () => {
       id: "7",
       result: completed(1.1, 3),
     })
-    await sleep(800)
+    // A call as long as the cancelled one, started after it on the same child, ends after it would have.
+    longCall(cancelling, "after", 1.5, 3, 9)
+    await cancelling.response("after", 10_000)
     expect(cancelling.messages.filter((message) => message.id === 7)).toEqual([])
     expect(
       await cancelling.request("echo", "tools/call", {

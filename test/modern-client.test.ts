@@ -1,27 +1,14 @@
 /**
  * Clients of MCP 2026-07-28 (no initialize; an envelope on every request; input_required instead of
- * server-to-client requests; notifications through subscriptions/listen) against 2025-era children.
+ * server-to-client requests; notifications through subscriptions/listen) against 2025-era children,
+ * end to end through SSH with the MCP SDK. The raw protocol and input_required rounds in detail are
+ * tested in process (test/inprocess/modern-client.test.ts).
  */
 import { Client } from "@modelcontextprotocol/client"
 import { StdioClientTransport } from "@modelcontextprotocol/client/stdio"
-import type { Client as Ssh2Connection } from "ssh2"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { disposeGateway, everything, node, type RunningGateway, startGateway } from "./support/gateway.js"
-import {
-  ChannelTransport,
-  connect,
-  type LineChannel,
-  openChannel,
-  openLineChannel,
-  opensshArgs,
-} from "./support/ssh.js"
-
-const envelope = (extra: Record<string, unknown> = {}) => ({
-  "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-  "io.modelcontextprotocol/clientCapabilities": {},
-  "io.modelcontextprotocol/clientInfo": { name: "raw-modern", version: "1" },
-  ...extra,
-})
+import { ChannelTransport, connect, openChannel, opensshArgs } from "./support/ssh.js"
 
 let gateway: RunningGateway
 
@@ -145,109 +132,6 @@ describe("a 2025-era client and a child of the 2026 generation", () => {
     const confirmed = await client.callTool({ name: "v2__confirm", arguments: {} })
     expect(JSON.stringify(confirmed.content)).toContain("file:///srv/legacy")
     await client.close()
-    connection.end()
-  })
-})
-
-describe("raw 2026-07-28 requests", () => {
-  let connection: Ssh2Connection
-  let channel: LineChannel
-  beforeAll(async () => {
-    connection = await connect(gateway)
-    channel = await openLineChannel(connection)
-  })
-  afterAll(() => connection.end())
-
-  it("dresses results with resultType and cache hints", async () => {
-    const listed = await channel.request(1, "tools/list", { _meta: envelope() })
-    expect(listed.result).toMatchObject({ resultType: "complete", ttlMs: 0, cacheScope: "private" })
-  })
-
-  it("refuses what 2026-07-28 does not have, and requests without an envelope", async () => {
-    expect(await channel.request(2, "ping", { _meta: envelope() })).toMatchObject({ error: { code: -32601 } })
-    expect(
-      await channel.request(3, "initialize", {
-        protocolVersion: "2025-11-25",
-        capabilities: {},
-        clientInfo: {},
-      }),
-    ).toMatchObject({
-      error: { code: -32022, data: { supported: ["2026-07-28"] } },
-    })
-    expect(await channel.request(4, "tools/list", {})).toMatchObject({ error: { code: -32602 } })
-    expect(
-      await channel.request(5, "tools/list", {
-        _meta: envelope({ "io.modelcontextprotocol/protocolVersion": "2099-01-01" }),
-      }),
-    ).toMatchObject({ error: { code: -32022, data: { requested: "2099-01-01" } } })
-  })
-
-  it("delivers changes on subscriptions/listen only, tagged with its id, and ends it when input ends", async () => {
-    channel.send({
-      jsonrpc: "2.0",
-      id: "listen-1",
-      method: "subscriptions/listen",
-      params: {
-        _meta: envelope(),
-        notifications: { toolsListChanged: true, resourceSubscriptions: ["mini://a"] },
-      },
-    })
-    const ack = await channel.waitFor((m) => m.method === "notifications/subscriptions/acknowledged")
-    expect(ack.params).toMatchObject({
-      notifications: { toolsListChanged: true, resourceSubscriptions: ["mini://a"] },
-      _meta: { "io.modelcontextprotocol/subscriptionId": "listen-1" },
-    })
-    await channel.request(6, "tools/call", { _meta: envelope(), name: "mini__updated", arguments: {} })
-    const updated = await channel.waitFor((m) => m.method === "notifications/resources/updated")
-    expect(updated.params).toMatchObject({
-      uri: "mini://a",
-      _meta: { "io.modelcontextprotocol/subscriptionId": "listen-1" },
-    })
-    await new Promise((resolve) => setTimeout(resolve, 200))
-    expect(channel.messages.filter((m) => m.method === "notifications/resources/updated")).toHaveLength(1)
-    channel.channel.end()
-    expect(await channel.response("listen-1")).toMatchObject({
-      result: { resultType: "complete", _meta: { "io.modelcontextprotocol/subscriptionId": "listen-1" } },
-    })
-    expect(await channel.exit).toBe(0)
-  })
-})
-
-describe("a paused call whose client never comes back", () => {
-  let asking: RunningGateway
-  beforeAll(async () => {
-    asking = await startGateway({
-      servers: { asker: { ...node("mini-server.mjs", "asks-client"), timeout: 1 } },
-    })
-  })
-  afterAll(() => disposeGateway(asking))
-
-  it("answers the child's question with -32001 at the server's timeout and forgets the requestState", async () => {
-    const connection = await connect(asking)
-    const channel = await openLineChannel(connection)
-    const paused = await channel.request(1, "tools/call", {
-      name: "asker__ask",
-      arguments: { method: "roots/list" },
-      _meta: envelope(),
-    })
-    expect(paused.result).toMatchObject({ resultType: "input_required" })
-    const requestState = (paused.result as { requestState: string }).requestState
-    await asking.waitForLog(
-      /level=WARN .*cancelled a paused call of server 'asker': the client did not answer input_required within 1s/,
-    )
-    await asking.waitForLog(/mini-server: answer to ask-1: .*\\"code\\":-32001/)
-    expect(
-      await channel.request(2, "tools/call", {
-        name: "asker__ask",
-        arguments: {},
-        requestState,
-        inputResponses: { "input-1": { roots: [] } },
-        _meta: envelope(),
-      }),
-    ).toMatchObject({
-      error: { code: -32602, message: expect.stringMatching(/unknown or expired requestState/) },
-    })
-    expect(await channel.request(3, "tools/list", { _meta: envelope() })).toHaveProperty("result")
     connection.end()
   })
 })

@@ -1,0 +1,161 @@
+/**
+ * The gateway in process: the real McpSession, Hub, Catalog and Audit over in-memory streams, with
+ * scripted fake children in place of processes. All wiring lives here, so tests depend only on the
+ * JSON-RPC lines a client sees and on what the fake children receive, never on the Hub's insides.
+ *
+ *   const gateway = yield* startGateway({ servers: { alpha: { tools: [{ name: "echo" }] } } })
+ *   const client = yield* gateway.connect()
+ *   yield* client.initialize()
+ *   const answer = yield* client.request(1, "tools/call", { name: "alpha__echo", arguments: {} })
+ *
+ * Timing is the Effect clock's: under `it.effect`/`it.scoped` the TestClock drives the Hub's deadlines
+ * and restart backoff (TestClock.adjust, or advanceUntil); under `it.live`/`it.scopedLive` it is real.
+ */
+import {
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Fiber,
+  FiberRef,
+  HashSet,
+  Layer,
+  Logger,
+  Option,
+  type Scope,
+  TestClock,
+} from "effect"
+import { CatalogLive } from "../../../src/gateway/children/Catalog.js"
+import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/GatewayConfig.js"
+import { decodeSettings, type GatewaySettings } from "../../../src/gateway/config/settings.js"
+import type { ConfigError } from "../../../src/gateway/errors.js"
+import { type ClientIdentity, HubLive } from "../../../src/gateway/hub/Hub.js"
+import { Audit, type AuditEntry, AuditLive } from "../../../src/gateway/session/Audit.js"
+import { McpSession, McpSessionLive } from "../../../src/gateway/session/McpSession.js"
+import { connectClient, type TestClient } from "./client.js"
+import { type FakeChild, type FakeServerScript, makeFakeUpstream } from "./fakeChild.js"
+import { Recorded } from "./recorded.js"
+
+export type { TestClient, WireMessage } from "./client.js"
+export {
+  ChildError,
+  type FakeChild,
+  type FakePrompt,
+  type FakeResource,
+  type FakeServerScript,
+  type FakeTool,
+  type Reply,
+  type ToolCall,
+  text,
+} from "./fakeChild.js"
+export { Recorded } from "./recorded.js"
+
+export interface InProcessOptions {
+  /** The configured servers, in config order, each a scripted fake child. */
+  readonly servers: Readonly<Record<string, FakeServerScript>>
+  /** Settings over the defaults (the log level defaults to WARNING, which keeps the real audit quiet). */
+  readonly settings?: Partial<GatewaySettings>
+  /** Record audit entries (gateway.audit) instead of the real audit writer. */
+  readonly recordAudit?: boolean
+}
+
+export interface InProcessGateway {
+  /** A session as an SSH channel would open it; `selection` is an exec command's server names. */
+  readonly connect: (options?: {
+    readonly selection?: ReadonlyArray<string>
+  }) => Effect.Effect<TestClient, never, Scope.Scope>
+  readonly child: (name: string) => FakeChild
+  /** Audit entries, when recordAudit was asked for. */
+  readonly audit: Recorded<AuditEntry>
+  /** Everything logged, one logfmt line each, as the gateway writes its log. */
+  readonly logs: Recorded<string>
+}
+
+export const testIdentity: ClientIdentity = {
+  fingerprint: "SHA256:in-process-test-key",
+  username: "mcp",
+  address: "in-process",
+}
+
+/** Seconds a fake server's requests may take when its script names no timeout (the config default). */
+const defaultRequestTimeout = 60
+
+const settingsWith = (overrides: Partial<GatewaySettings>): GatewaySettings => {
+  const defaults = decodeSettings({})
+  if (Either.isLeft(defaults)) throw new Error(`the default settings do not decode: ${defaults.left}`)
+  return { ...defaults.right, logLevel: "WARNING", ...overrides }
+}
+
+export const startGateway = (
+  options: InProcessOptions,
+): Effect.Effect<InProcessGateway, ConfigError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const logs = new Recorded<string>("log line")
+    // Replaces the console logger for this test's fibers: the log is asserted on, not printed.
+    yield* Effect.locallyScoped(
+      FiberRef.currentLoggers,
+      HashSet.make(Logger.map(Logger.logfmtLogger, (line) => logs.push(line))),
+    )
+    const audit = new Recorded<AuditEntry>("audit entry")
+    const servers: ReadonlyArray<ChildServer> = Object.entries(options.servers).map(([name, script]) => ({
+      name,
+      command: "fake-mcp-server",
+      args: [],
+      env: {},
+      cwd: undefined,
+      prefix: script.prefix,
+      requestTimeout: script.timeout ?? defaultRequestTimeout,
+    }))
+    const config = {
+      configPath: "/in-process/servers_config.json",
+      settings: settingsWith(options.settings ?? {}),
+      servers,
+    }
+    const fakes = makeFakeUpstream(options.servers)
+    const auditLayer =
+      options.recordAudit === true
+        ? Layer.succeed(Audit, { record: (entry: AuditEntry) => audit.push(entry) })
+        : AuditLive
+    const sessionLayer = McpSessionLive.pipe(
+      Layer.provide(HubLive),
+      Layer.provide(Layer.merge(CatalogLive, auditLayer)),
+      Layer.provide(fakes.layer),
+      Layer.provide(Layer.succeed(GatewayConfig, config)),
+    )
+    const session = Context.get(yield* Layer.build(sessionLayer), McpSession)
+    return {
+      connect: (connectOptions = {}) => connectClient(session, connectOptions.selection ?? [], testIdentity),
+      child: (name) => {
+        const child = fakes.children.get(name)
+        if (child === undefined) throw new Error(`no server '${name}' in this gateway`)
+        return child
+      },
+      audit,
+      logs,
+    } satisfies InProcessGateway
+  })
+
+/** One turn of the real event loop: what the streams have to deliver gets delivered. */
+const realTurn = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+
+/**
+ * Move the TestClock forward in small steps, letting real IO run between them, until `effect`
+ * completes: for answers that wait on a short sleep inside the gateway (its wait for more requests of
+ * a child's burst), without knowing how long that sleep is. Dies when `limit` passes first.
+ */
+export const advanceUntil = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  options: { readonly step?: Duration.DurationInput; readonly limit?: Duration.DurationInput } = {},
+): Effect.Effect<A, E, R> =>
+  Effect.gen(function* () {
+    const step = Duration.decode(options.step ?? "1 millis")
+    const limit = Duration.toMillis(options.limit ?? "100 millis")
+    const fiber = yield* Effect.fork(effect)
+    for (let elapsed = 0; elapsed <= limit; elapsed += Duration.toMillis(step)) {
+      for (let turn = 0; turn < 3; turn++) yield* realTurn
+      if (Option.isSome(yield* Fiber.poll(fiber))) return yield* Fiber.join(fiber)
+      yield* TestClock.adjust(step)
+    }
+    yield* Fiber.interrupt(fiber)
+    return yield* Effect.dieMessage(`not done after moving the clock ${limit} ms`)
+  })
