@@ -75,7 +75,7 @@ describe("restarts", () => {
           error: {
             code: -32000,
             message: expect.stringMatching(
-              /server 'crashing' is not running: .*exited with code 3; restarting in 250ms/,
+              /server 'crashing' is not running: server 'crashing' exited with code 3; restarting in 250ms/,
             ),
           },
         })

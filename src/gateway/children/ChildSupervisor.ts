@@ -138,7 +138,7 @@ export const superviseChild = (
       })
       yield* log(Effect.logDebug("ready"))
       const exited = yield* connection.exited
-      return { reason: exited.message, upMillis: Date.now() - readyAt }
+      return { reason: exited.reason, upMillis: Date.now() - readyAt }
     }).pipe(Effect.scoped)
 
     const base = options.backoffBase ?? Duration.millis(250)

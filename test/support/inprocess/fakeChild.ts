@@ -5,10 +5,9 @@
  * when the session can take more, UpstreamError once the child is gone), and records everything it
  * receives so tests can assert what reached the child.
  */
-import { Deferred, Effect, Fiber, FiberRef, FiberSet, Layer, Queue, type Scope } from "effect"
+import { Deferred, Effect, Fiber, FiberSet, Layer, Queue, type Scope } from "effect"
 import {
   type ChildMessage,
-  outputReady,
   Upstream,
   type UpstreamConnection,
   type UpstreamOptions,
@@ -504,7 +503,7 @@ const makeChild = (server: string, script: FakeServerScript) => {
       }
 
       // One reader hands on what the child wrote, in order, and only when the session can take more.
-      const ready = yield* FiberRef.get(outputReady)
+      const ready = options.outputReady
       const reader = Effect.gen(function* () {
         while (true) {
           const output = yield* Queue.take(outbox)
