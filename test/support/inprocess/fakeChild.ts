@@ -111,6 +111,8 @@ export interface FakeChild {
   readonly name: string
   /** How often the gateway started it, failed starts and the probe at gateway start included. */
   readonly starts: () => number
+  /** Each life's connection, held weakly: which lives the gateway still keeps reachable. */
+  readonly lives: () => ReadonlyArray<WeakRef<UpstreamConnection>>
   /** Whether a started child is running now. */
   readonly running: () => boolean
   /** Every message it received, in order, over all its lives. */
@@ -169,6 +171,7 @@ const makeChild = (server: string, script: FakeServerScript) => {
   let current: { readonly crash: (code: number) => Effect.Effect<void> } | undefined
   let currentNotify: ((message: ChildMessage) => Effect.Effect<void>) | undefined
   const received = new Recorded<JsonRpcMessage>(`message received by '${server}'`)
+  const lives: Array<WeakRef<UpstreamConnection>> = []
 
   const start = (options: UpstreamOptions): Effect.Effect<UpstreamConnection, UpstreamError, Scope.Scope> =>
     Effect.gen(function* () {
@@ -483,8 +486,6 @@ const makeChild = (server: string, script: FakeServerScript) => {
 
       const connection: UpstreamConnection = {
         name: server,
-        // No process: nothing may be signalled.
-        pid: -1,
         call,
         request: (message) =>
           Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
@@ -537,12 +538,14 @@ const makeChild = (server: string, script: FakeServerScript) => {
           failAllPending(gone)
         }),
       )
+      lives.push(new WeakRef(connection))
       return connection
     })
 
   const child: FakeChild = {
     name: server,
     starts: () => starts,
+    lives: () => lives,
     running: () => current !== undefined,
     received,
     crash: (code = 1) =>
