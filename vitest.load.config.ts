@@ -5,6 +5,8 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
     include: ["test/load/**/*.test.ts"],
+    // The suites run dist/: build it first when src/ is newer (test/support/buildDist.ts).
+    globalSetup: ["test/support/buildDist.ts"],
     testTimeout: 240_000,
     hookTimeout: 60_000,
     pool: "forks",

@@ -17,9 +17,11 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as NodeTerminal from "@effect/platform-node/NodeTerminal"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import { checkTypedFlags, type FlagType, flagTypes, plainWhenNotTerminal } from "../shared/cliFlags.js"
 import { expandHome } from "../shared/paths.js"
 import { version } from "../shared/version.js"
 import { Bridge } from "./Bridge.js"
@@ -29,6 +31,7 @@ import { clientFromSettings, clientLogger } from "./layers.js"
 import {
   type ClientSettings,
   clientDefaults,
+  clientLogLevels,
   enrollTokenVariable,
   isProblem,
   keyServerBase,
@@ -37,6 +40,9 @@ import {
   parseServers,
   passphraseVariable,
 } from "./settings.js"
+
+/** The levels, and the aliases the gateway also takes. */
+const logLevelChoices = [...clientLogLevels, "WARN", "FATAL"]
 
 const text = (name: string, description: string) =>
   Options.text(name).pipe(Options.withDescription(description), Options.optional)
@@ -94,11 +100,29 @@ const options = {
   ),
   passphrase: text("passphrase", `passphrase of the client key; env ${passphraseVariable}`),
   servers: text("servers", "servers of the gateway to use, NAME[,NAME...] (default: all)"),
-  // (Lower-case effect level names are taken by @effect/cli's own --log-level, with the same result.)
-  logLevel: text(
-    "log-level",
-    `TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL or NONE (default: ${clientDefaults.logLevel})`,
+  logLevel: Options.choice("log-level", logLevelChoices).pipe(
+    Options.withDescription(`least severe level of the lines logged (default: ${clientDefaults.logLevel})`),
+    Options.optional,
   ),
+}
+
+/** Flags whose values are checked before @effect/cli parses them, so a refusal names the flag. */
+const typedFlags: Readonly<Record<string, FlagType>> = {
+  ...Object.fromEntries(
+    [
+      "host",
+      "username",
+      "client-key",
+      "known-hosts",
+      "key-server-url",
+      "enroll-token",
+      "passphrase",
+      "servers",
+    ].map((flag) => [flag, flagTypes.text]),
+  ),
+  port: flagTypes.integer,
+  "key-server-port": flagTypes.integer,
+  "log-level": flagTypes.choice(logLevelChoices),
 }
 
 interface Flags {
@@ -205,13 +229,20 @@ const exitWhenFlushed = (code: number) => {
 
 /** Run the client with the process's arguments; the process exits when it is done. */
 export const main = (): void =>
-  cli(process.argv).pipe(
+  Effect.suspend(() => {
+    const [runtime = "node", script = "client.js", ...args] = process.argv
+    return Either.match(checkTypedFlags(args, typedFlags), {
+      onLeft: (problem) => fail(problem, 2),
+      onRight: (checked) => cli([runtime, script, ...checked]),
+    })
+  }).pipe(
     // @effect/cli has already printed what is wrong with the command line (on stderr).
     Effect.catchIf(ValidationError.isValidationError, (error) =>
       Effect.sync(() => {
         process.exitCode = ValidationError.isHelpRequested(error) ? 0 : 2
       }),
     ),
+    plainWhenNotTerminal,
     Effect.provide(cliEnvironment),
     NodeRuntime.runMain({
       disablePrettyLogger: true,

@@ -2,10 +2,18 @@
 import { Command, Options } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Console, Effect, Option } from "effect"
+import { Console, Effect, Either, Option } from "effect"
+import { checkTypedFlags, flagTypes, plainWhenNotTerminal, typedOption } from "../shared/cliFlags.js"
 import { version } from "../shared/version.js"
 import { type FlagValues, loadGatewayConfig } from "./config/GatewayConfig.js"
-import { envName, flagName, gatewaySettings, type SettingKey, settingKeys } from "./config/settings.js"
+import {
+  envName,
+  flagName,
+  flagType,
+  gatewaySettings,
+  type SettingKey,
+  settingKeys,
+} from "./config/settings.js"
 import { keysCommand, tokensCommand } from "./keys/adminCommands.js"
 import { KeyStore } from "./keys/KeyStore.js"
 import { HostKey } from "./ssh/HostKey.js"
@@ -16,22 +24,37 @@ const describe = (key: SettingKey): string => {
   return `${spec.doc}${fallback}; env ${envName(key)}`
 }
 
-/** One option per setting; "not given" stays distinguishable so env and the JSON file can fill it. */
+/**
+ * One option per setting, typed as the setting is (integers, numbers, choices), so --help says what
+ * each takes; "not given" stays distinguishable so env and the JSON file can fill it. The settings'
+ * own rules (a port's range, a count's minimum) are checked with the other sources', naming the flag.
+ */
 const settingOptions = Object.fromEntries(
-  settingKeys.map((key) => [
-    key,
-    typeof gatewaySettings[key].default === "boolean"
-      ? Options.boolean(flagName(key)).pipe(
-          Options.withDescription(describe(key)),
-          Options.map((on) => (on ? Option.some<string | boolean>(true) : Option.none())),
-        )
-      : Options.text(flagName(key)).pipe(
-          Options.withDescription(describe(key)),
-          Options.optional,
-          Options.map(Option.map((text): string | boolean => text)),
-        ),
-  ]),
-) as Record<SettingKey, Options.Options<Option.Option<string | boolean>>>
+  settingKeys.map((key) => {
+    const type = flagType(key)
+    return [
+      key,
+      type._tag === "boolean"
+        ? Options.boolean(flagName(key)).pipe(
+            Options.withDescription(describe(key)),
+            Options.map((on) => (on ? Option.some<FlagValue>(true) : Option.none())),
+          )
+        : typedOption(flagName(key), type).pipe(
+            Options.withDescription(describe(key)),
+            Options.optional,
+            Options.map(Option.map((value): FlagValue => value)),
+          ),
+    ]
+  }),
+) as Record<SettingKey, Options.Options<Option.Option<FlagValue>>>
+
+type FlagValue = string | number | boolean
+
+/** Flags @effect/cli checks the type of, so that a wrong value is refused naming the flag. */
+const typedFlags = {
+  ...Object.fromEntries(settingKeys.map((key) => [flagName(key), flagType(key)])),
+  "servers-config": flagTypes.text,
+}
 
 const serversConfigOption = Options.text("servers-config").pipe(
   Options.withDescription("servers config JSON (default: servers_config.json); env MCP_SSH_SERVERS_CONFIG"),
@@ -96,7 +119,14 @@ const cli = Command.run(command.pipe(Command.withSubcommands([keysCommand, token
 // line on stdout.
 /** Run the gateway (or an admin subcommand) with the process's arguments. */
 export const main = (): void =>
-  cli(process.argv).pipe(
+  Effect.suspend(() => {
+    const [runtime = "node", script = "main.js", ...args] = process.argv
+    return Either.match(checkTypedFlags(args, typedFlags), {
+      onLeft: (problem) => fail(`configuration error: ${problem}`),
+      onRight: (checked) => cli([runtime, script, ...checked]),
+    })
+  }).pipe(
+    plainWhenNotTerminal,
     Effect.provide(NodeContext.layer),
     NodeRuntime.runMain({ disablePrettyLogger: true }),
   )

@@ -3,6 +3,7 @@
  * optional `gateway` object) and the gateway settings that flags and MCP_SSH_* variables may also set.
  */
 import { Either, ParseResult, Schema } from "effect"
+import { type FlagType, flagTypes } from "../../shared/cliFlags.js"
 
 // ---------------------------------------------------------------------------------------------
 // Servers
@@ -99,7 +100,7 @@ export const gatewaySettings = {
     doc: "host private key; an ed25519 key is generated there if missing",
   },
   passphrase: { schema: Schema.String, default: undefined, doc: "passphrase of the host private key" },
-  logLevel: { schema: LogLevelName, default: "INFO", doc: `log level: ${logLevels.join(", ")}` },
+  logLevel: { schema: LogLevelName, default: "INFO", doc: "least severe level of the lines logged" },
   runKeyServer: { schema: Schema.Boolean, default: false, doc: "run the HTTP key management API" },
   keyServerHost: { schema: NonEmpty, default: "127.0.0.1", doc: "host of the key management API" },
   keyServerPort: { schema: Port, default: 8000, doc: "port of the key management API" },
@@ -200,6 +201,17 @@ export type GatewaySettings = {
   readonly [K in SettingKey]: (typeof gatewaySettings)[K]["default"] extends undefined
     ? SettingValue<K> | undefined
     : SettingValue<K>
+}
+
+/** What a setting's flag takes, for the command line's parsing and help. */
+export const flagType = (key: SettingKey): FlagType => {
+  const spec: { readonly schema: unknown; readonly default: unknown } = gatewaySettings[key]
+  if (typeof spec.default === "boolean") return flagTypes.boolean
+  if (spec.schema === Port || spec.schema === Count) return flagTypes.integer
+  if (spec.schema === Seconds) return flagTypes.float
+  if (key === "logLevel") return flagTypes.choice(logLevels)
+  if (key === "registration") return flagTypes.choice(gatewaySettings.registration.schema.literals)
+  return flagTypes.text
 }
 
 export const flagName = (key: SettingKey): string => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)

@@ -42,26 +42,44 @@ const quietLevels: ReadonlyArray<string> = ["WARNING", "WARN", "ERROR", "CRITICA
 
 /**
  * Lines are written after the current turn of the event loop, all at once: a write is a system call,
- * and the answer to the client should not wait behind the log line about it.
+ * and the answer to the client should not wait behind the log line about it. `close` writes what is
+ * still buffered and makes later lines go out at once: a stopping gateway may not get another turn.
  */
 const bufferedWriter = (write: (text: string) => void) => {
   let buffered: Array<string> = []
+  let closed = false
   const flush = () => {
+    if (buffered.length === 0) return
     const lines = buffered
     buffered = []
     write(lines.join(""))
   }
-  return (line: string) => {
-    if (buffered.length === 0) setImmediate(flush)
-    buffered.push(`${line}\n`)
+  return {
+    writeLine: (line: string) => {
+      if (closed) return write(`${line}\n`)
+      if (buffered.length === 0) setImmediate(flush)
+      buffered.push(`${line}\n`)
+    },
+    close: () => {
+      closed = true
+      flush()
+    },
   }
 }
 
-export const AuditLive = Layer.effect(
+/**
+ * Scoped so the gateway's stop flushes the last lines: it is built before the sessions that record to
+ * it, so its finalizer runs after theirs, once the calls they ended have been recorded.
+ */
+export const AuditLive = Layer.scoped(
   Audit,
-  Effect.map(GatewayConfig, ({ settings }) => {
+  Effect.gen(function* () {
+    const { settings } = yield* GatewayConfig
     if (quietLevels.includes(settings.logLevel)) return { record: () => {} }
-    const writeLine = bufferedWriter((text) => process.stderr.write(text))
-    return { record: (entry: AuditEntry) => writeLine(formatAudit(entry, new Date())) }
+    const writer = yield* Effect.acquireRelease(
+      Effect.sync(() => bufferedWriter((text) => process.stderr.write(text))),
+      (opened) => Effect.sync(opened.close),
+    )
+    return { record: (entry: AuditEntry) => writer.writeLine(formatAudit(entry, new Date())) }
   }),
 )
