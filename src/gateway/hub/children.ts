@@ -45,11 +45,8 @@ export interface SessionChildren {
   readonly start: (handshake: ClientHandshake) => Effect.Effect<void>
   /** The merged server as it stands: up children as they are, the others as the probe saw them. */
   readonly mergedView: () => MergedView
-  /**
-   * Remember the level of logging/setLevel's params (restarted children get it too) and send the
-   * params to every child that logs.
-   */
-  readonly setLevel: (params: JsonObject | undefined) => Effect.Effect<void>
+  /** Remember the level (restarted children get it too) and send the request to every child that logs. */
+  readonly setLevel: (request: JsonRpcRequest) => Effect.Effect<void>
 }
 
 export interface SessionChildrenOptions {
@@ -143,15 +140,10 @@ export const makeSessionChildren = (
       }
     }
 
-    const setLevel = (params: JsonObject | undefined) =>
+    const setLevel = (request: JsonRpcRequest) =>
       Effect.suspend(() => {
-        protocol.logLevel = typeof params?.level === "string" ? params.level : undefined
-        const request: JsonRpcRequest = {
-          jsonrpc: "2.0",
-          id: "set-level",
-          method: "logging/setLevel",
-          ...(params === undefined ? {} : { params }),
-        }
+        const level = request.params?.level
+        protocol.logLevel = typeof level === "string" ? level : undefined
         return Effect.forEach(
           all.filter((child) => hasCapability(child, "logging")),
           (child) =>

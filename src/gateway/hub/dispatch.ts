@@ -56,12 +56,20 @@ export const makeDispatch = (
       return Option.fromNullable(only?.server.name)
     })
 
-  /** A name under the prefix of a server that is not up: say so rather than "unknown". */
-  const downOwnerOf = (exposed: string) =>
-    children.all.find((child) => {
-      const prefix = exposedName(child.server.name, child.server.prefix, "")
-      return prefix !== "" && children.ready(child.server.name) === undefined && exposed.startsWith(prefix)
-    })
+  /**
+   * A name under the prefix of a server that is not up: say so rather than "unknown". The first
+   * such server decides; one without a prefix could own any name, so it proves nothing.
+   */
+  const downOwnerOf = (exposed: string) => {
+    const down = children.all.find(
+      (child) =>
+        children.ready(child.server.name) === undefined &&
+        exposed.startsWith(exposedName(child.server.name, child.server.prefix, "")),
+    )
+    return down !== undefined && exposedName(down.server.name, down.server.prefix, "") !== ""
+      ? down
+      : undefined
+  }
 
   const routeNamed = (request: JsonRpcRequest, kind: NamedKind) =>
     Effect.gen(function* () {
@@ -159,7 +167,7 @@ export const makeDispatch = (
       case "completion/complete":
         return complete(request)
       case "logging/setLevel":
-        return children.setLevel(request.params).pipe(Effect.as({ response: ok(request.id, {}) }))
+        return children.setLevel(request).pipe(Effect.as({ response: ok(request.id, {}) }))
       case "tasks/get":
       case "tasks/result":
       case "tasks/cancel":

@@ -115,7 +115,12 @@ export const makeLifecycle = (parts: LifecycleParts) =>
           clientInfo: envelope.clientInfo ?? unknownClient,
         })
         if (envelope.logLevel !== undefined && envelope.logLevel !== protocol.logLevel) {
-          yield* children.setLevel({ level: envelope.logLevel })
+          yield* children.setLevel({
+            jsonrpc: "2.0",
+            id: "set-level",
+            method: "logging/setLevel",
+            params: { level: envelope.logLevel },
+          })
         }
         if (request.method === "server/discover") {
           const view = children.mergedView()

@@ -4,17 +4,20 @@
  * (callbacks only); any other runs as a fiber of the session through the lifecycle and dispatch.
  * Either way it gets one audit line, answered or cancelled.
  */
-import { Effect, FiberId, FiberSet, type Scope } from "effect"
-import type { JsonRpcRequest, JsonRpcResponse } from "../../shared/jsonRpc.js"
+import { Effect, Fiber, FiberSet, type Scope } from "effect"
+import { ErrorCode, errorResponse, type JsonRpcRequest, type JsonRpcResponse } from "../../shared/jsonRpc.js"
 import type { Audit } from "../session/Audit.js"
 import type { FastPath } from "./fastPath.js"
 import type { ClientIdentity, Routed } from "./types.js"
 
-/** Start answering `request`; `respond` gets the answer once unless it is cancelled first. */
+/**
+ * Start answering `request`; `respond` gets the answer once unless it is cancelled first. The
+ * effect returned cancels it (at the child too) and completes once it is cancelled.
+ */
 export type StartRequest = (
   request: JsonRpcRequest,
   respond: (response: JsonRpcResponse) => void,
-) => () => void
+) => Effect.Effect<void>
 
 const outcomeOf = (response: JsonRpcResponse) =>
   response.error === undefined ? "ok" : `error ${response.error.code}`
@@ -45,21 +48,36 @@ export const makeRequests = (
         record(routed.server, routed.target, outcomeOf(routed.response))
         respond(routed.response)
       }
-      const fast = fastPath(request, finish)
-      if (fast !== undefined) {
-        return () => {
-          if (settled) return
-          settled = true
-          fast.cancel()
-          record(fast.server, fast.target, "cancelled")
-        }
-      }
-      const fiber = run(Effect.map(route(request), finish))
-      return () => {
+      const cancelled = (server: string | undefined, target: string | undefined) => {
         if (settled) return
         settled = true
-        fiber.unsafeInterruptAsFork(FiberId.none)
-        record(undefined, undefined, "cancelled")
+        record(server, target, "cancelled")
       }
+      const fast = fastPath(request, finish)
+      if (fast !== undefined) {
+        return Effect.sync(() => {
+          if (settled) return
+          fast.cancel()
+          cancelled(fast.server, fast.target)
+        })
+      }
+      const routed = route(request).pipe(
+        // A defect is a bug of the gateway: the client still gets an answer, and the log the cause.
+        Effect.catchAllDefect((defect) =>
+          Effect.logError(`${request.method} failed inside the gateway`, defect).pipe(
+            Effect.as({
+              response: errorResponse(request.id, {
+                code: ErrorCode.InternalError,
+                message: "Internal error",
+              }),
+            }),
+          ),
+        ),
+        Effect.map(finish),
+        Effect.onInterrupt(() => Effect.sync(() => cancelled(undefined, undefined))),
+      )
+      // Started on the next turn, as a forked fiber is: what follows in the same chunk goes first.
+      const fiber = run(routed, { immediate: false })
+      return Fiber.interrupt(fiber).pipe(Effect.asVoid)
     }
   })

@@ -1,7 +1,8 @@
 /**
  * The routing table of one session: which child owns each merged tool and prompt name, each listed
- * resource URI, each resource template and each task. Synchronous and written only here, from the
- * pages the children list; every path (fast and slow) reads this one copy.
+ * resource URI, each resource template and each task. Synchronous, and changed only through its
+ * methods: names, URIs and templates from the pages the children list, tasks from the results that
+ * announce them. Every path (fast and slow) reads this one copy.
  */
 import { isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { MergedListMethod } from "./mcp.js"

@@ -58,7 +58,7 @@ const maxRequestsInFlight = 1024
  * when the session ends all look at the same entries.
  */
 class InFlight {
-  private readonly cancels = new Map<string, () => void>()
+  private readonly cancels = new Map<string, Effect.Effect<void>>()
   private whenEmpty: (() => void) | undefined
 
   get size(): number {
@@ -81,21 +81,19 @@ class InFlight {
     if (!answered) this.cancels.set(key, cancel)
   }
 
-  /** Cancel one request (at its child too); false when no such request is in progress. */
-  cancel(key: string): boolean {
+  /** Cancel one request, at its child too; nothing when no such request is in progress. */
+  cancel(key: string): Effect.Effect<void> {
     const cancel = this.cancels.get(key)
-    if (cancel === undefined) return false
+    if (cancel === undefined) return Effect.void
     this.settle(key)
-    cancel()
-    return true
+    return cancel
   }
 
   /** Cancel every request; their ids, which are owed an answer. */
-  cancelAll(): ReadonlyArray<string> {
+  readonly cancelAll: Effect.Effect<ReadonlyArray<string>> = Effect.suspend(() => {
     const keys = [...this.cancels.keys()]
-    for (const key of keys) this.cancel(key)
-    return keys
-  }
+    return Effect.forEach(keys, (key) => this.cancel(key), { discard: true }).pipe(Effect.as(keys))
+  })
 
   /** Completes once no request is in progress. */
   readonly drained = Effect.async<void>((resume) => {
@@ -142,8 +140,8 @@ export const McpSessionLive = Layer.effect(
         // client (gateway shutdown, key revoked) answers every request still in progress, so no
         // caller waits for an answer that cannot come.
         yield* Effect.addFinalizer(() =>
-          Effect.sync(() => {
-            for (const key of inFlight.cancelAll()) {
+          Effect.map(inFlight.cancelAll, (keys) => {
+            for (const key of keys) {
               write(
                 errorResponse(JSON.parse(key) as JsonRpcId, {
                   code: ErrorCode.ServerUnavailable,
@@ -191,14 +189,19 @@ const makeFrameHandler =
   ({ session, inFlight, write, maxLineBytes }: FrameContext) =>
   (frame: Frame): Effect.Effect<void> => {
     if (frame._tag === "Oversized") {
-      write(
-        invalidRequest(
-          recoverId(frame.head, frame.tail),
-          `message of ${frame.size} bytes exceeds the limit of ${maxLineBytes} bytes`,
-        ),
-      )
       return Effect.logWarning(
         `refused a message of ${frame.size} bytes from the client, over the limit of ${maxLineBytes} bytes`,
+      ).pipe(
+        Effect.zipRight(
+          Effect.sync(() =>
+            write(
+              invalidRequest(
+                recoverId(frame.head, frame.tail),
+                `message of ${frame.size} bytes exceeds the limit of ${maxLineBytes} bytes`,
+              ),
+            ),
+          ),
+        ),
       )
     }
     const message = classifyLine(frame.bytes)
@@ -211,8 +214,7 @@ const makeFrameHandler =
       case "Notification":
         // Cancelling the call cancels it at the child, which gets its own request id.
         if (message.message.method === "notifications/cancelled") {
-          inFlight.cancel(requestKey(message.message.params?.requestId))
-          return Effect.void
+          return inFlight.cancel(requestKey(message.message.params?.requestId))
         }
         return session.notify(message.message)
       case "Request": {

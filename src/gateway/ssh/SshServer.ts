@@ -51,8 +51,8 @@ const listen = (server: NetServer, host: string, port: number) =>
 
 /**
  * ssh2 caps the identification line only when it arrives in one or two reads, and after refusing
- * one it ends its side but keeps reading: watch the bytes until the line is through. The listener
- * to remove once ssh2 has taken the connection over.
+ * one it ends its side but keeps reading: watch the bytes until the line is through. Gives the
+ * listener, and how to stop watching once ssh2 has taken the connection over.
  */
 const identificationWatch = (
   socket: Socket,
@@ -62,7 +62,7 @@ const identificationWatch = (
   let identificationBytes = 0
   /** The log's sample of the line, copied: a slice would keep the socket's whole read buffer. */
   let firstBytes: Buffer | undefined
-  return (chunk: Buffer) => {
+  const listener = (chunk: Buffer) => {
     firstBytes ??= Buffer.from(chunk.subarray(0, 64))
     const newline = chunk.indexOf(0x0a)
     identificationBytes += newline === -1 ? chunk.length : newline
@@ -78,6 +78,11 @@ const identificationWatch = (
         drop(Effect.logWarning(`closed: invalid identification line ${sampleOf(sample)}`))
     })
   }
+  const stop = () => {
+    socket.off("data", listener)
+    firstBytes = undefined
+  }
+  return { listener, stop }
 }
 
 export const SshServerLive = Layer.scoped(
@@ -217,7 +222,7 @@ export const SshServerLive = Layer.scoped(
         const watch = identificationWatch(socket, () => connection !== undefined, drop)
         const attach = (client: Connection) => {
           connection = client
-          socket.off("data", watch)
+          watch.stop()
           wireClient(client, {
             settings,
             remote,
@@ -244,7 +249,7 @@ export const SshServerLive = Layer.scoped(
         )
         ssh2.injectSocket(socket)
         // Added after ssh2's pause (so the socket does not flow early) and before its own listener.
-        socket.on("data", watch)
+        socket.on("data", watch.listener)
 
         const grace = Duration.seconds(settings.loginGraceTime)
         const login = yield* Effect.raceFirst(
