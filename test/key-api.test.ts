@@ -409,6 +409,33 @@ describe("key API", () => {
     expect(bare.body).toMatchObject({ uses: 1 })
   })
 
+  it("keeps the wire format: only error in refusals, common headers, the admin token checked before the body", async () => {
+    const refusal = await call(gateway, "/register", { json: {}, bearer: await createToken(gateway) })
+    expect(refusal.status).toBe(400)
+    expect(refusal.body).toEqual({ error: "client_pub_key is missing" })
+    expect(refusal.headers.get("cache-control")).toBe("no-store")
+    expect(refusal.headers.get("x-content-type-options")).toBe("nosniff")
+    // A body the admin endpoints would refuse: no token is still 401, a wrong one still 403.
+    const bad = { raw: "not json", contentType: "text/plain" }
+    expect((await call(gateway, "/admin/keys", bad)).status).toBe(401)
+    expect(
+      (await call(gateway, "/admin/keys/revoke", { ...bad, bearer: "wrong-admin-token-0123456789" })).status,
+    ).toBe(403)
+    expect((await call(gateway, "/admin/keys/revoke", { ...bad, bearer: adminToken })).status).toBe(415)
+    const notFound = await call(gateway, "/admin/nothing", { bearer: adminToken })
+    expect(notFound).toMatchObject({ status: 404, body: { error: "not found" } })
+    const document = (await call(gateway, "/openapi.json")).body as {
+      paths: Record<
+        string,
+        Record<string, { responses: Record<string, { headers?: Record<string, unknown> }> }>
+      >
+    }
+    expect(document.paths["/register"]?.post?.responses["429"]?.headers).toHaveProperty("Retry-After")
+    expect(Object.keys(document.paths["/register"]?.post?.responses ?? {})).toEqual(
+      expect.arrayContaining(["200", "400", "401", "403", "413", "415", "429"]),
+    )
+  })
+
   it("lists keys with fingerprint, type, comment, added-at and source, and adds keys for the admin", async () => {
     const line = edKeyLine("listed@test")
     const added = await call(gateway, "/admin/keys", { json: { client_pub_key: line }, bearer: adminToken })

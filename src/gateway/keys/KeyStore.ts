@@ -6,27 +6,29 @@
  * the offline CLI share, and announces revoked keys so their live connections can be closed.
  */
 import { timingSafeEqual } from "node:crypto"
-import { readFile, stat } from "node:fs/promises"
 import {
   Clock,
   Context,
   Duration,
   Effect,
+  Either,
   FiberRef,
   Layer,
   Option,
   PubSub,
   type Queue,
-  Ref,
   Schedule,
   Scope,
+  SynchronizedRef,
 } from "effect"
+import { readText, statIfExists } from "../../shared/fileSystem.js"
 import { expandHome } from "../../shared/paths.js"
 import { type AuthorizedKey, type PublicKey, parseAuthorizedKeys } from "../../shared/publicKey.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { StoreError } from "../errors.js"
 import { appendKey, readStoredKeys, removeKey, type StoredKey } from "./authorizedKeysFile.js"
 import { lockFile, readTextIfExists, writeFileAtomic } from "./files.js"
+import { forget, type LoadState, settle, unread } from "./keyLoads.js"
 
 export interface KeyStoreShape {
   readonly path: string
@@ -51,14 +53,6 @@ export interface KeyStoreShape {
 
 export class KeyStore extends Context.Tag("mcp-ssh/KeyStore")<KeyStore, KeyStoreShape>() {}
 
-interface Snapshot {
-  /** Identity of the file version the keys were read from; "" when there is no usable file. */
-  readonly version: string
-  readonly keys: ReadonlyArray<StoredKey>
-  /** False when the file is missing, unreadable or too open: no keys, but none was revoked either. */
-  readonly usable: boolean
-}
-
 /** Compares every key, whatever matches first, so timing does not tell which keys are present. */
 export const findByBlob = (
   keys: ReadonlyArray<AuthorizedKey>,
@@ -75,60 +69,54 @@ export const findByBlob = (
 export const makeFileKeyStore = (configuredPath: string) =>
   Effect.gen(function* () {
     const path = expandHome(configuredPath)
-    const snapshot = yield* Ref.make<Snapshot>({ version: "unread", keys: [], usable: false })
+    const state = yield* SynchronizedRef.make(unread)
 
-    /**
-     * Keys in the last usable load that a later usable load no longer has. Taken from the loads
-     * themselves, which every login goes through: a key added and removed between two looks of the
-     * watcher is still seen to go.
-     */
-    const removedKeys = new Set<string>()
-    let lastUsableKeys: ReadonlyArray<StoredKey> = []
-    const reload = (version: string, keys: ReadonlyArray<StoredKey>, usable = false) =>
+    /** The next state from the file as it is now; run only inside the state's lock. */
+    const load = (previous: LoadState): Effect.Effect<LoadState> =>
       Effect.gen(function* () {
-        const next: Snapshot = { version, keys, usable }
-        if (usable) {
-          const present = new Set(keys.map((key) => key.fingerprint))
-          for (const key of lastUsableKeys)
-            if (!present.has(key.fingerprint)) removedKeys.add(key.fingerprint)
-          for (const fingerprint of present) removedKeys.delete(fingerprint)
-          lastUsableKeys = keys
+        const info = yield* Effect.either(statIfExists(path))
+        if (Either.isLeft(info)) {
+          // EACCES, ENOTDIR, EIO...: said as they are, so the fix is not looked for in the wrong place.
+          const version = `unreachable:${info.left.code ?? info.left.message}`
+          if (previous.snapshot.version !== version)
+            yield* Effect.logError(
+              `authorized keys file ${path} cannot be examined (${info.left.message}): no client can log in`,
+            )
+          return settle(previous, version, [])
         }
-        yield* Ref.set(snapshot, next)
-        return next
+        if (Option.isNone(info.right)) {
+          if (previous.snapshot.version !== "missing")
+            yield* Effect.logWarning(`authorized keys file ${path} does not exist: no client can log in`)
+          return settle(previous, "missing", [])
+        }
+        const { mtimeMs, ctimeMs, size, ino, mode } = info.right.value
+        const version = `${ino}:${size}:${mtimeMs}:${ctimeMs}:${mode}`
+        if (version === previous.snapshot.version) return previous
+        if ((mode & 0o022) !== 0) {
+          yield* Effect.logError(
+            `authorized keys file ${path} is writable by group or others (mode ${(mode & 0o777).toString(8)}): ignored until fixed`,
+          )
+          return settle(previous, version, [])
+        }
+        const text = yield* Effect.either(readText(path))
+        if (Either.isLeft(text)) {
+          yield* Effect.logError(`authorized keys file ${path} cannot be read (${text.left.message})`)
+          return settle(previous, version, [])
+        }
+        const parsed = readStoredKeys(text.right)
+        for (const problem of parsed.problems) {
+          yield* Effect.logWarning(`${path}:${problem.line}: ignored: ${problem.reason}`)
+        }
+        yield* Effect.logInfo(`loaded ${parsed.keys.length} authorized key(s) from ${path}`)
+        return settle(previous, version, parsed.keys, true)
       })
 
-    const currentSnapshot: Effect.Effect<Snapshot> = Effect.gen(function* () {
-      const info = yield* Effect.tryPromise(() => stat(path)).pipe(Effect.option)
-      const previous = yield* Ref.get(snapshot)
-      if (Option.isNone(info)) {
-        if (previous.version !== "missing") {
-          yield* Effect.logWarning(`authorized keys file ${path} does not exist: no client can log in`)
-        }
-        return yield* reload("missing", [])
-      }
-      const { mtimeMs, ctimeMs, size, ino, mode } = info.value
-      const version = `${ino}:${size}:${mtimeMs}:${ctimeMs}:${mode}`
-      if (version === previous.version) return previous
-      if ((mode & 0o022) !== 0) {
-        yield* Effect.logError(
-          `authorized keys file ${path} is writable by group or others (mode ${(mode & 0o777).toString(8)}): ignored until fixed`,
-        )
-        return yield* reload(version, [])
-      }
-      const text = yield* Effect.tryPromise(() => readFile(path, "utf8")).pipe(Effect.option)
-      if (Option.isNone(text)) {
-        yield* Effect.logError(`authorized keys file ${path} cannot be read`)
-        return yield* reload(version, [])
-      }
-      const parsed = readStoredKeys(text.value)
-      for (const problem of parsed.problems) {
-        yield* Effect.logWarning(`${path}:${problem.line}: ignored: ${problem.reason}`)
-      }
-      yield* Effect.logInfo(`loaded ${parsed.keys.length} authorized key(s) from ${path}`)
-      return yield* reload(version, parsed.keys, true)
-    })
-    const current = Effect.map(currentSnapshot, (current) => current.keys)
+    /**
+     * Logins reload concurrently: one load at a time (stat, read, replace the state), so a slow load
+     * of an older file never lands after a newer one and brings back keys, or removals, already gone.
+     */
+    const refresh = SynchronizedRef.updateAndGetEffect(state, load)
+    const current = Effect.map(refresh, ({ snapshot }) => snapshot.keys)
 
     // --- write side
     const semaphore = yield* Effect.makeSemaphore(1)
@@ -187,6 +175,8 @@ export const makeFileKeyStore = (configuredPath: string) =>
           if (edit.removed === 0) return 0
           yield* writeFileAtomic(path, edit.content)
           yield* Effect.logInfo(`revoked key ${fingerprint}`)
+          // Announced here, so the watcher must not announce it again when a load sees it gone.
+          yield* SynchronizedRef.update(state, (loaded) => forget(loaded, fingerprint))
           yield* PubSub.publish(revokedKeys, fingerprint)
           return edit.removed
         }),
@@ -206,13 +196,16 @@ export const makeFileKeyStore = (configuredPath: string) =>
      */
     const watchForRemovals = Effect.gen(function* () {
       const check = Effect.gen(function* () {
-        yield* currentSnapshot
-        if (removedKeys.size === 0) return
+        if ((yield* refresh).removed.size === 0) return
         yield* Effect.sleep(Duration.millis(300))
         // A load in between takes back the keys that returned; an unusable file decides nothing yet.
-        if (!(yield* currentSnapshot).usable) return
-        for (const fingerprint of [...removedKeys]) {
-          removedKeys.delete(fingerprint)
+        // Loaded and taken in one step, so no other load can add or take back a removal in between.
+        const gone = yield* SynchronizedRef.modifyEffect(state, (loaded) =>
+          Effect.map(load(loaded), (next): readonly [ReadonlyArray<string>, LoadState] =>
+            next.snapshot.usable ? [[...next.removed], { ...next, removed: new Set() }] : [[], next],
+          ),
+        )
+        for (const fingerprint of gone) {
           yield* Effect.logInfo(`key ${fingerprint} is no longer in ${path}: treated as revoked`)
           yield* PubSub.publish(revokedKeys, fingerprint)
         }

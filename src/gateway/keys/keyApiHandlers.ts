@@ -1,0 +1,150 @@
+/**
+ * The key API's handlers, one group layer each, over the key store, the enrollment tokens, the host
+ * key and the SSH server's address. Bodies arrive decoded; refusals are this API's schema classes.
+ */
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import { Effect, Layer, Schema } from "effect"
+import { urlHost } from "../../shared/net.js"
+import type { PublicKey } from "../../shared/publicKey.js"
+import { version } from "../../shared/version.js"
+import { GatewayConfig } from "../config/GatewayConfig.js"
+import type { StoreError } from "../errors.js"
+import { HostKey } from "../ssh/HostKey.js"
+import { SshServer } from "../ssh/SshServer.js"
+import { keyListing } from "./authorizedKeysFile.js"
+import { EnrollmentTokens } from "./EnrollmentTokens.js"
+import { KeyStore } from "./KeyStore.js"
+import { KeyApiDefinition, openApiDocument } from "./keyApiDefinition.js"
+import { type KeyApiPolicy, remoteOf } from "./keyApiMiddleware.js"
+import {
+  AdminCaller,
+  BadRequest,
+  decodeProblem,
+  EnrollmentToken,
+  Forbidden,
+  InternalError,
+  NotFound,
+  RequestBody,
+  TokenRequest,
+} from "./keyApiSchemas.js"
+import { secretsEqual } from "./tokens.js"
+
+/** A store that cannot be read or written is the server's problem: logged, and a 500 for the client. */
+const storeFailure = (error: StoreError) =>
+  Effect.zipRight(
+    Effect.logError(`key store: ${error.message}`),
+    Effect.fail(
+      new InternalError({ error: "the key store could not be read or updated; see the server log" }),
+    ),
+  )
+
+const PublicLive = HttpApiBuilder.group(KeyApiDefinition, "public", (handlers) =>
+  Effect.gen(function* () {
+    const { settings, servers } = yield* GatewayConfig
+    const hostKey = yield* HostKey
+    const ssh = yield* SshServer
+    const document = openApiDocument(version)
+    return handlers
+      .handle("health", () =>
+        Effect.succeed({
+          status: "healthy" as const,
+          ssh: { listening: true, address: `${urlHost(ssh.address.address)}:${ssh.address.port}` },
+          servers: { configured: servers.length },
+          registration: settings.registration,
+        }),
+      )
+      .handle("serverPubKey", () =>
+        Effect.succeed({ server_pub_key: hostKey.publicKeyLine, fingerprint: hostKey.fingerprint }),
+      )
+      .handle("openApi", () => Effect.succeed(document))
+  }),
+)
+
+const EnrollmentLive = (policy: KeyApiPolicy, fixedEnrollmentToken: string | undefined) =>
+  HttpApiBuilder.group(KeyApiDefinition, "enrollment", (handlers) =>
+    Effect.gen(function* () {
+      const keyStore = yield* KeyStore
+      const tokens = yield* EnrollmentTokens
+
+      /** Add the key, redeeming the token under the same lock, so a use is counted exactly once. */
+      const enroll = (key: PublicKey, token: string | undefined, remote: string) =>
+        keyStore.withWriteLock(
+          Effect.gen(function* () {
+            const present = yield* keyStore.contains(key.blob)
+            const fixed =
+              token !== undefined &&
+              fixedEnrollmentToken !== undefined &&
+              secretsEqual(token, fixedEnrollmentToken)
+            let source = `register ${remote}`
+            if (policy.mode === "token" && !fixed) {
+              const check = yield* tokens.redeem(token ?? "", key.fingerprint, !present)
+              if (check._tag === "Rejected") {
+                yield* Effect.logInfo(`registration refused: ${check.reason}`).pipe(
+                  Effect.annotateLogs({ remote }),
+                )
+                return yield* Effect.fail(new Forbidden({ error: check.reason }))
+              }
+              source = `${source} token=${check.id}`
+            } else if (fixed) {
+              source = `${source} fixed-token`
+            }
+            return present ? false : yield* keyStore.add(key, source)
+          }),
+        )
+
+      return handlers.handle("register", ({ payload, request }) =>
+        Effect.gen(function* () {
+          const remote = remoteOf(request)
+          const token = yield* EnrollmentToken
+          const key = payload.client_pub_key
+          const added = yield* enroll(key, token, remote)
+          yield* Effect.logInfo(
+            added ? `registered key ${key.fingerprint}` : `key ${key.fingerprint} was registered already`,
+          ).pipe(Effect.annotateLogs({ remote }))
+          return { status: "success" as const, fingerprint: key.fingerprint, added }
+        }).pipe(Effect.catchTag("StoreError", storeFailure)),
+      )
+    }),
+  )
+
+const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
+  Effect.gen(function* () {
+    const keyStore = yield* KeyStore
+    const tokens = yield* EnrollmentTokens
+    const decodeTokenRequest = Schema.decodeUnknown(TokenRequest)
+    return (
+      handlers
+        .handle("listKeys", () => Effect.map(keyStore.list, (keys) => ({ keys: keys.map(keyListing) })))
+        .handle("addKey", ({ payload }) =>
+          Effect.gen(function* () {
+            const key = payload.client_pub_key
+            const added = yield* keyStore.add(key, `admin ${yield* AdminCaller}`)
+            return { status: "success" as const, fingerprint: key.fingerprint, added }
+          }).pipe(Effect.catchTag("StoreError", storeFailure)),
+        )
+        .handle("revokeKey", ({ payload: { fingerprint } }) =>
+          Effect.gen(function* () {
+            const removed = yield* keyStore.revoke(fingerprint)
+            if (removed === 0)
+              return yield* Effect.fail(new NotFound({ error: "no key has this fingerprint" }))
+            return { status: "revoked" as const, fingerprint, removed }
+          }).pipe(Effect.catchTag("StoreError", storeFailure)),
+        )
+        // Raw: a POST with no body at all is {} here, which the framework's JSON decoding cannot say;
+        // the body is decoded with the endpoint's own schema.
+        .handleRaw("createToken", () =>
+          Effect.gen(function* () {
+            const body = yield* decodeTokenRequest(yield* RequestBody).pipe(
+              Effect.mapError((error) => new BadRequest({ error: decodeProblem(error) })),
+            )
+            const issued = yield* tokens.create({ uses: body.uses, ttlSeconds: body.ttl })
+            return { token: issued.token, id: issued.id, uses: issued.uses, expires_at: issued.expiresAt }
+          }).pipe(Effect.catchTag("StoreError", storeFailure)),
+        )
+    )
+  }),
+)
+
+/** Every handler of the key API, with the services they use still to be provided. */
+export const keyApiHandlers = (policy: KeyApiPolicy, fixedEnrollmentToken: string | undefined) =>
+  Layer.mergeAll(PublicLive, EnrollmentLive(policy, fixedEnrollmentToken), AdminLive)
