@@ -7,13 +7,8 @@ import { readFileSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import { Either } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  childEnvironment,
-  decodeServersConfig,
-  decodeSettings,
-  expandEnvValue,
-  gatewaySettings,
-} from "../src/gateway/config/settings.js"
+import { childEnvironment, decodeServersConfig, expandEnvValue } from "../src/gateway/config/serversConfig.js"
+import { decodeSettings, gatewaySettings } from "../src/gateway/config/settings.js"
 import { type Classified, classifyLine, ErrorCode, recoverId } from "../src/shared/jsonRpc.js"
 import { type Frame, LineFramer } from "../src/shared/lineFramer.js"
 import {

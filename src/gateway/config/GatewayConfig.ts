@@ -12,13 +12,15 @@ import { registrationPolicyProblem } from "../keys/keyApiRules.js"
 import {
   childEnvironment,
   decodeServersConfig,
+  expandEnvValue,
+  type ServersConfigFile,
+} from "./serversConfig.js"
+import {
   decodeSettings,
   envName,
-  expandEnvValue,
   flagName,
   type GatewaySettings,
   type RawSetting,
-  type ServersConfigFile,
   type SettingKey,
   settingKeys,
 } from "./settings.js"
