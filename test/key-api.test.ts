@@ -403,6 +403,13 @@ describe("key API", () => {
     expect((await call(gateway, "/admin/tokens", { json: { ttl: "soon" }, bearer: adminToken })).status).toBe(
       400,
     )
+    // A ttl of the wrong type is named, and what was sent is not quoted back.
+    const secretShaped = { k: "-----BEGIN OPENSSH PRIVATE KEY----- abc" }
+    for (const ttl of [true, null, [], secretShaped]) {
+      const wrongType = await call(gateway, "/admin/tokens", { json: { ttl }, bearer: adminToken })
+      expect(wrongType.status).toBe(400)
+      expect(wrongType.body).toEqual({ error: "ttl: ttl must be a string or a number" })
+    }
     // curl -X POST with no body at all creates a default token.
     const bare = await call(gateway, "/admin/tokens", { method: "POST", bearer: adminToken })
     expect(bare.status).toBe(201)

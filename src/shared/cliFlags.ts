@@ -48,8 +48,14 @@ export const typedOption = (
 const isInteger = (text: string) => Option.exists(Num.parse(text), Number.isInteger)
 const isNumber = (text: string) => Option.isSome(Num.parse(text))
 
-/** The value as @effect/cli will take it (a choice in its listed case), or why it is refused. */
+/**
+ * The value as @effect/cli will take it (a choice in its listed case), or why it is refused. A value
+ * that is another flag is not quoted: it may be `--admin-token=...`, and stderr ends up in logs.
+ */
 const checkValue = (flag: string, value: string, type: FlagType): Either.Either<string, string> => {
+  if (value.startsWith("--") && type._tag !== "text") {
+    return Either.left(`--${flag}: a value is missing (the next argument is another flag)`)
+  }
   switch (type._tag) {
     case "integer":
       return isInteger(value)

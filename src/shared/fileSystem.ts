@@ -61,8 +61,22 @@ const noneIfMissing = <A>(effect: Effect.Effect<A, FileError>): Effect.Effect<Op
 export const statIfExists = (path: string): Effect.Effect<Option.Option<Stats>, FileError> =>
   noneIfMissing(attempt(path, "stat", () => stat(path)))
 
-export const readBytes = (path: string): Effect.Effect<Buffer, FileError> =>
-  attempt(path, "read", () => readFile(path))
+/**
+ * The file's bytes and its mode, through one open handle: the mode checked is the mode of the bytes
+ * read, even if the path is replaced meanwhile.
+ */
+export const readBytesWithMode = (
+  path: string,
+): Effect.Effect<{ readonly content: Buffer; readonly mode: number }, FileError> =>
+  attempt(path, "read", async () => {
+    const handle = await open(path, "r")
+    try {
+      const info = await handle.stat()
+      return { content: await handle.readFile(), mode: info.mode }
+    } finally {
+      await handle.close()
+    }
+  })
 
 export const readText = (path: string): Effect.Effect<string, FileError> =>
   attempt(path, "read", () => readFile(path, "utf8"))

@@ -9,7 +9,13 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { errorText } from "./errorText.js"
-import { type FileError, makeDirectory, readBytes, statIfExists, writeFileWithMode } from "./fileSystem.js"
+import {
+  type FileError,
+  makeDirectory,
+  readBytesWithMode,
+  statIfExists,
+  writeFileWithMode,
+} from "./fileSystem.js"
 import { generateEd25519KeyPair, type ParsedKey, utils } from "./ssh2.js"
 
 export interface PrivateKeyPolicy {
@@ -74,10 +80,10 @@ export const loadPrivateKeyFile = (
           error._tag === "FileError" ? fail(`cannot generate: ${error.message}`) : error,
         ),
       )
-    } else if ((existing.value.mode & 0o077) !== 0) {
-      return yield* fail(policy.tooOpen(modeText(existing.value.mode), path))
     }
-    const content = yield* readBytes(path).pipe(Effect.mapError(cannotRead))
+    // Checked on the bytes read, whoever made the file: also one another process made meanwhile.
+    const { content, mode } = yield* readBytesWithMode(path).pipe(Effect.mapError(cannotRead))
+    if ((mode & 0o077) !== 0) return yield* fail(policy.tooOpen(modeText(mode), path))
     const parsed = utils.parseKey(content, passphrase)
     if (parsed instanceof Error) return yield* fail(policy.unusable(parsed.message))
     const key = Array.isArray(parsed) ? parsed[0] : parsed

@@ -1,12 +1,11 @@
 /**
  * vitest globalSetup: the suites run the built programs (dist/main.js, dist/client.js) as real
- * processes, so a bare `npx vitest` after an edit would test the previous build. Build dist/ first
- * when it is missing or older than the sources; a failed build stops the run with the compiler's
- * output, and leaves no dist/ that would look up to date next time.
+ * processes, so a bare `npx vitest run` after an edit would test the previous build. Build dist/
+ * first when its stamp (written only by a build that succeeded) is missing or older than the sources;
+ * a failed build stops the run with the compiler's output. (Watch mode runs this once, at its start.)
  */
 import { execFileSync } from "node:child_process"
-import { existsSync, readdirSync, rmSync, statSync } from "node:fs"
-import { createRequire } from "node:module"
+import { existsSync, readdirSync, statSync } from "node:fs"
 import { join, resolve } from "node:path"
 
 const repoRoot = resolve(import.meta.dirname, "../..")
@@ -27,10 +26,11 @@ const newestInput = (): number =>
     ...["tsconfig.json", "tsconfig.build.json"].map((name) => statSync(join(repoRoot, name)).mtimeMs),
   )
 
+/** Written by scripts/build.mjs once the compiler has succeeded; its time is the build's. */
+const buildStamp = join(dist, ".build-stamp")
+
 export const isDistStale = (): boolean =>
-  !existsSync(join(dist, "main.js")) ||
-  !existsSync(join(dist, "client.js")) ||
-  newestUnder(dist) < newestInput()
+  !existsSync(buildStamp) || statSync(buildStamp).mtimeMs < newestInput()
 
 const compilerOutput = (error: unknown): string => {
   if (typeof error !== "object" || error === null) return String(error)
@@ -43,18 +43,14 @@ const compilerOutput = (error: unknown): string => {
 
 export default function setup(): void {
   if (!isDistStale()) return
-  const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc")
   try {
-    execFileSync(process.execPath, [tsc, "-p", "tsconfig.build.json"], {
+    // The same build as `npm run build`: dist/ from nothing, then the stamp.
+    execFileSync(process.execPath, [join(repoRoot, "scripts/build.mjs")], {
       cwd: repoRoot,
       stdio: ["ignore", "pipe", "pipe"],
       encoding: "utf8",
     })
   } catch (error) {
-    // tsc writes its output even when it reports errors: remove it, or it would pass for fresh.
-    rmSync(dist, { recursive: true, force: true })
-    throw new Error(
-      `dist/ is out of date and the build failed (tsc -p tsconfig.build.json):\n${compilerOutput(error)}`,
-    )
+    throw new Error(`dist/ is out of date and the build failed (npm run build):\n${compilerOutput(error)}`)
   }
 }

@@ -173,11 +173,17 @@ export const makeFileKeyStore = (configuredPath: string) =>
         Effect.gen(function* () {
           const edit = removeKey(yield* readForEdit, fingerprint)
           if (edit.removed === 0) return 0
-          yield* writeFileAtomic(path, edit.content)
-          yield* Effect.logInfo(`revoked key ${fingerprint}`)
-          // Announced here, so the watcher must not announce it again when a load sees it gone.
-          yield* SynchronizedRef.update(state, (loaded) => forget(loaded, fingerprint))
-          yield* PubSub.publish(revokedKeys, fingerprint)
+          // Written, forgotten by the watcher and announced as one step: a request cut short between
+          // them would leave the key's live sessions open, announced by nobody.
+          yield* Effect.uninterruptible(
+            Effect.gen(function* () {
+              yield* writeFileAtomic(path, edit.content)
+              yield* Effect.logInfo(`revoked key ${fingerprint}`)
+              // Announced here, so the watcher must not announce it again when a load sees it gone.
+              yield* SynchronizedRef.update(state, (loaded) => forget(loaded, fingerprint))
+              yield* PubSub.publish(revokedKeys, fingerprint)
+            }),
+          )
           return edit.removed
         }),
       )

@@ -177,8 +177,9 @@ const Uses = Schema.transformOrFail(Schema.Unknown, Schema.Int, {
 
 /** A lifetime as "90s", "10m", "12h", "7d" or seconds, decoded to seconds. */
 const Ttl = Schema.transformOrFail(
+  // override: the framework's own wording would quote the value back, and names the wrong thing.
   Schema.Union(Schema.String, Schema.Number).annotations({
-    message: () => "ttl: ttl must be a string or a number",
+    message: () => ({ message: "ttl: ttl must be a string or a number", override: true }),
   }),
   Schema.Int,
   {
