@@ -388,6 +388,21 @@ describe("key API", () => {
     )
     // An enrollment token is no admin token.
     expect((await call(gateway, "/admin/keys", { bearer: await createToken(gateway) })).status).toBe(403)
+    // Every admin operation the API defines (its OpenAPI document is generated from the definitions),
+    // so one added later cannot go unguarded: refused without the token, before the body is read.
+    const document = (await call(gateway, "/openapi.json")).body as {
+      paths: Record<string, Record<string, unknown>>
+    }
+    const adminOperations = Object.entries(document.paths)
+      .filter(([path]) => path.startsWith("/admin/"))
+      .flatMap(([path, operations]) => Object.keys(operations).map((method) => ({ path, method })))
+    expect(adminOperations.length).toBeGreaterThanOrEqual(4)
+    for (const { path, method } of adminOperations) {
+      const verb = method.toUpperCase()
+      const body = verb === "GET" || verb === "HEAD" ? {} : { raw: "not json" }
+      const unguarded = await call(gateway, path, { method: verb, ...body })
+      expect(unguarded.status, `${method} ${path}`).toBe(401)
+    }
 
     const bad = await call(gateway, "/admin/keys/revoke", {
       json: { fingerprint: "abc" },
