@@ -183,6 +183,18 @@ describe.concurrent("mcp-ssh-server command line", () => {
       )
     })
 
+    it("--log-format xml, and MCP_SSH_LOG_FORMAT=yaml", async () => {
+      const path = configFile("bad-log-format.json", { mcpServers: { a: miniServer } })
+      expectConfigFailure(
+        await run(["--servers-config", path, ...fileFlags(), "--log-format", "xml"]),
+        /--log-format: .*"xml" is not one of logfmt, json/,
+      )
+      expectConfigFailure(
+        await run(["--servers-config", path, ...fileFlags()], { env: { MCP_SSH_LOG_FORMAT: "yaml" } }),
+        /MCP_SSH_LOG_FORMAT: /,
+      )
+    })
+
     it("MCP_SSH_PORT=abc", async () => {
       const path = configFile("ok-port-env.json", { mcpServers: { a: miniServer } })
       expectConfigFailure(

@@ -91,7 +91,7 @@ const runGateway = (flags: FlagValues) =>
           `clients from ${keyStore.path}; connect with: ssh -T -p ${address.port} -i <your key> mcp@${address.address}`,
       )
       return yield* Effect.never
-    }).pipe(Effect.provide(app), Effect.provide(loggerLayer(config.settings.logLevel)))
+    }).pipe(Effect.provide(app), Effect.provide(loggerLayer(config.settings.logLevel, config.settings.logFormat)))
   }).pipe(
     Effect.catchTags({
       ConfigError: (error) => fail(`configuration error: ${error.message}`),
@@ -115,7 +115,7 @@ const cli = Command.run(command.pipe(Command.withSubcommands([keysCommand, token
   version,
 })
 
-// The gateway logs logfmt to stderr (loggerLayer); runMain's default pretty logger would repeat every
+// The gateway logs logfmt or JSON to stderr (loggerLayer); runMain's default pretty logger would repeat every
 // line on stdout.
 /** Run the gateway (or an admin subcommand) with the process's arguments. */
 export const main = (): void =>

@@ -28,10 +28,13 @@ export const GatewayLayer = SshServerLive.pipe(
   Layer.provideMerge(Layer.mergeAll(HostKeyLive, KeyStoreLive)),
 )
 
-/** logfmt on stderr: stdout stays free, and every line is machine-readable. */
-export const loggerLayer = (level: GatewaySettings["logLevel"]) =>
+/** On stderr, so stdout stays free; logfmt or JSON, every line is machine-readable. */
+export const loggerLayer = (level: GatewaySettings["logLevel"], format: GatewaySettings["logFormat"]) =>
   Layer.merge(
-    Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger)),
+    Logger.replace(
+      Logger.defaultLogger,
+      Logger.withConsoleError(format === "json" ? Logger.jsonLogger : Logger.logfmtLogger),
+    ),
     Logger.minimumLogLevel(logLevelOf[level]),
   )
 

@@ -147,7 +147,7 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
       options.keyApi === true
         ? /key API listening on (http:\/\/\S+)/.exec(await waitForLog(/key API listening on/))?.[1]
         : undefined
-    return { port: Number(/listening on .*:(\d+)/.exec(listening)?.[1]), keyApiUrl }
+    return { port: Number(/listening on [^\s"]*:(\d+)/.exec(listening)?.[1]), keyApiUrl }
   }
   const { port, keyApiUrl } = await ready().catch(async (error: unknown) => {
     // A gateway that did not come up leaves neither a process nor its directory behind.

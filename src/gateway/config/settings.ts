@@ -61,6 +61,11 @@ export const gatewaySettings = {
   },
   passphrase: { schema: Schema.String, default: undefined, doc: "passphrase of the host private key" },
   logLevel: { schema: LogLevelName, default: "INFO", doc: "least severe level of the lines logged" },
+  logFormat: {
+    schema: Schema.Literal("logfmt", "json"),
+    default: "logfmt",
+    doc: "how log lines are written: logfmt, or one JSON object a line for log shippers",
+  },
   runKeyServer: { schema: Schema.Boolean, default: false, doc: "run the HTTP key management API" },
   keyServerHost: { schema: NonEmpty, default: "127.0.0.1", doc: "host of the key management API" },
   keyServerPort: { schema: Port, default: 8000, doc: "port of the key management API" },
@@ -171,6 +176,7 @@ export const flagType = (key: SettingKey): FlagType => {
   if (spec.schema === Seconds) return flagTypes.float
   if (key === "logLevel") return flagTypes.choice(logLevels)
   if (key === "registration") return flagTypes.choice(gatewaySettings.registration.schema.literals)
+  if (key === "logFormat") return flagTypes.choice(gatewaySettings.logFormat.schema.literals)
   return flagTypes.text
 }
 

@@ -38,6 +38,23 @@ export const formatAudit = (entry: AuditEntry, now: Date): string =>
     `outcome=${logfmtValue(entry.outcome)}`,
   ].join(" ")
 
+/** The same line for --log-format json, in the shape of the gateway's other JSON log lines. */
+export const formatAuditJson = (entry: AuditEntry, now: Date): string =>
+  JSON.stringify({
+    message: "call",
+    logLevel: "INFO",
+    timestamp: now.toISOString(),
+    annotations: {
+      audit: true,
+      client: entry.client,
+      server: entry.server,
+      method: entry.method,
+      ...(entry.target === undefined ? {} : { target: entry.target }),
+      ms: entry.millis,
+      outcome: entry.outcome,
+    },
+  })
+
 const quietLevels: ReadonlyArray<string> = ["WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NONE"]
 
 /**
@@ -80,6 +97,7 @@ export const AuditLive = Layer.scoped(
       Effect.sync(() => bufferedWriter((text) => process.stderr.write(text))),
       (opened) => Effect.sync(opened.close),
     )
-    return { record: (entry: AuditEntry) => writer.writeLine(formatAudit(entry, new Date())) }
+    const format = settings.logFormat === "json" ? formatAuditJson : formatAudit
+    return { record: (entry: AuditEntry) => writer.writeLine(format(entry, new Date())) }
   }),
 )
