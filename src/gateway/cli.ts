@@ -91,7 +91,10 @@ const runGateway = (flags: FlagValues) =>
           `clients from ${keyStore.path}; connect with: ssh -T -p ${address.port} -i <your key> mcp@${address.address}`,
       )
       return yield* Effect.never
-    }).pipe(Effect.provide(app), Effect.provide(loggerLayer(config.settings.logLevel, config.settings.logFormat)))
+    }).pipe(
+      Effect.provide(app),
+      Effect.provide(loggerLayer(config.settings.logLevel, config.settings.logFormat)),
+    )
   }).pipe(
     Effect.catchTags({
       ConfigError: (error) => fail(`configuration error: ${error.message}`),
