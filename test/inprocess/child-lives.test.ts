@@ -7,7 +7,13 @@ import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, TestClock } from "effect"
-import { advanceUntil, startGateway, type TestClient, type ToolCall } from "../support/inprocess/index.js"
+import {
+  advanceUntil,
+  modernEnvelope,
+  startGateway,
+  type TestClient,
+  type ToolCall,
+} from "../support/inprocess/index.js"
 
 setFlagsFromString("--expose-gc")
 const collectGarbage = runInNewContext("gc") as () => void
@@ -20,12 +26,6 @@ const collect = Effect.promise(async () => {
   }
 })
 
-const envelope = {
-  "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-  "io.modelcontextprotocol/clientCapabilities": {},
-  "io.modelcontextprotocol/clientInfo": { name: "raw-modern", version: "1" },
-}
-
 const servers = { flaky: { tools: [{ name: "boom", run: (call: ToolCall) => call.crash(3) }] } }
 const restarts = 50
 
@@ -35,7 +35,7 @@ const crashOnce = (client: TestClient, id: number, modern: boolean) =>
     client.request(id, "tools/call", {
       name: "flaky__boom",
       arguments: {},
-      ...(modern ? { _meta: envelope } : {}),
+      ...(modern ? { _meta: modernEnvelope() } : {}),
     }),
     { step: "250 millis", limit: "120 seconds" },
   )

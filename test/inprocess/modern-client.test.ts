@@ -7,18 +7,14 @@ import { Duration, Effect, TestClock } from "effect"
 import type { JsonObject } from "../../src/shared/jsonRpc.js"
 import {
   advanceUntil,
+  modernEnvelope,
   startGateway,
   type TestClient,
   type ToolCall,
   text,
 } from "../support/inprocess/index.js"
 
-const envelope = (extra: Record<string, unknown> = {}) => ({
-  "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-  "io.modelcontextprotocol/clientCapabilities": {},
-  "io.modelcontextprotocol/clientInfo": { name: "raw-modern", version: "1" },
-  ...extra,
-})
+const envelope = modernEnvelope
 
 /** A tool that asks the client what its arguments say, all at once, and answers with the answers. */
 const ask = {

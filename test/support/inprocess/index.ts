@@ -50,6 +50,14 @@ export {
 } from "./fakeChild.js"
 export { Recorded } from "./recorded.js"
 
+/** The `_meta` envelope a 2026-07-28 client puts on every request; `extra` overrides its fields. */
+export const modernEnvelope = (extra: Record<string, unknown> = {}) => ({
+  "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+  "io.modelcontextprotocol/clientCapabilities": {},
+  "io.modelcontextprotocol/clientInfo": { name: "raw-modern", version: "1" },
+  ...extra,
+})
+
 export interface InProcessOptions {
   /** The configured servers, in config order, each a scripted fake child. */
   readonly servers: Readonly<Record<string, FakeServerScript>>
