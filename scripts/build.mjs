@@ -10,7 +10,7 @@ import { join, resolve } from "node:path"
 
 const repoRoot = resolve(import.meta.dirname, "..")
 const dist = join(repoRoot, "dist")
-export const buildStamp = join(dist, ".build-stamp")
+const buildStamp = join(dist, ".build-stamp")
 
 rmSync(dist, { recursive: true, force: true })
 const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc")
