@@ -46,6 +46,11 @@ export interface UpstreamConnection {
   readonly send: (message: JsonRpcNotification | JsonRpcResponse) => Effect.Effect<void, UpstreamError>
   /** Completes when the child has exited; the value says how. */
   readonly exited: Effect.Effect<UpstreamError>
+  /**
+   * Let the calls in flight finish, for at most `within`; then fail those left with `reason`. For a
+   * child about to be stopped on purpose (its server was removed or changed by a reload).
+   */
+  readonly drain: (within: Duration.Duration, reason: UpstreamError) => Effect.Effect<void>
 }
 
 export interface UpstreamOptions {
@@ -229,7 +234,23 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
         return Effect.sync(cancel)
       })
 
-    const connection: UpstreamConnection = { name, call, request, send, exited: Deferred.await(closed) }
+    const drain = (within: Duration.Duration, reason: UpstreamError) =>
+      Effect.async<void>((resume) => {
+        calls.whenIdle(() => resume(Effect.void))
+      }).pipe(
+        Effect.timeout(within),
+        Effect.ignore,
+        Effect.ensuring(Effect.sync(() => calls.failAll(reason))),
+      )
+
+    const connection: UpstreamConnection = {
+      name,
+      call,
+      request,
+      send,
+      exited: Deferred.await(closed),
+      drain,
+    }
 
     // One reader hands every message on in the order the child wrote it: a notification the child
     // sent before a response reaches the client before that response. It reads on only when the

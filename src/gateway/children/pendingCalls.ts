@@ -23,6 +23,8 @@ export class PendingCalls {
   /** Progress tokens of pending requests: progress on one resets its deadline. */
   private readonly progressOwners = new Map<string, number>()
   private nextId = 1
+  /** Called once when the last pending request is settled or withdrawn (a drain waits on it). */
+  private idleWaiters: Array<() => void> = []
 
   constructor(
     private readonly timeoutMillis: number,
@@ -63,6 +65,16 @@ export class PendingCalls {
     return true
   }
 
+  get size(): number {
+    return this.pending.size
+  }
+
+  /** `callback` runs once no request is pending: at once if none is. */
+  whenIdle(callback: () => void): void {
+    if (this.pending.size === 0) callback()
+    else this.idleWaiters.push(callback)
+  }
+
   failAll(error: UpstreamError): void {
     for (const id of [...this.pending.keys()]) this.settle(id, error)
   }
@@ -77,5 +89,10 @@ export class PendingCalls {
     this.pending.delete(id)
     clearTimeout(entry.timer)
     if (entry.progressKey !== undefined) this.progressOwners.delete(entry.progressKey)
+    if (this.pending.size === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters
+      this.idleWaiters = []
+      for (const waiter of waiters) waiter()
+    }
   }
 }

@@ -206,10 +206,16 @@ const makeChild = (server: string, script: FakeServerScript) => {
             : { jsonrpc: "2.0", id, result: reply },
       })
 
+      /** Drains waiting for the last pending request to be settled (as PendingCalls.whenIdle). */
+      const idleWaiters: Array<() => void> = []
+      const noteIdle = () => {
+        if (pending.size === 0) for (const waiter of idleWaiters.splice(0)) waiter()
+      }
       const failAllPending = (error: UpstreamError) => {
         const waiting = [...pending.values()]
         pending.clear()
         for (const settle of waiting) settle(error)
+        noteIdle()
       }
 
       const crash = (code: number) =>
@@ -476,6 +482,7 @@ const makeChild = (server: string, script: FakeServerScript) => {
         receive({ ...message, id })
         return () => {
           if (!pending.delete(id)) return
+          noteIdle()
           receive({
             jsonrpc: "2.0",
             method: "notifications/cancelled",
@@ -501,6 +508,15 @@ const makeChild = (server: string, script: FakeServerScript) => {
             return Effect.void
           }),
         exited: Deferred.await(closed),
+        drain: (within, reason) =>
+          Effect.async<void>((resume) => {
+            if (pending.size === 0) resume(Effect.void)
+            else idleWaiters.push(() => resume(Effect.void))
+          }).pipe(
+            Effect.timeout(within),
+            Effect.ignore,
+            Effect.ensuring(Effect.sync(() => failAllPending(reason))),
+          ),
       }
 
       // One reader hands on what the child wrote, in order, and only when the session can take more.
@@ -524,6 +540,7 @@ const makeChild = (server: string, script: FakeServerScript) => {
           const settle = pending.get(id)
           pending.delete(id)
           settle?.(output.response)
+          noteIdle()
         }
       })
       yield* Effect.forkScoped(reader)
@@ -566,6 +583,14 @@ const makeChild = (server: string, script: FakeServerScript) => {
 /** The fake Upstream over these scripts, and the children's handles for the test. */
 export const makeFakeUpstream = (scripts: Readonly<Record<string, FakeServerScript>>) => {
   const children = new Map(Object.entries(scripts).map(([name, script]) => [name, makeChild(name, script)]))
+  /** A server a reload brings: its fake child, made once (a later reload keeps the same one). */
+  const add = (name: string, script: FakeServerScript): FakeChild => {
+    const existing = children.get(name)
+    if (existing !== undefined) return existing.child
+    const made = makeChild(name, script)
+    children.set(name, made)
+    return made.child
+  }
   const layer = Layer.succeed(Upstream, {
     start: (server: ChildServer, options: UpstreamOptions) => {
       const child = children.get(server.name)
@@ -574,5 +599,9 @@ export const makeFakeUpstream = (scripts: Readonly<Record<string, FakeServerScri
         : child.start(options)
     },
   })
-  return { layer, children: new Map([...children].map(([name, { child }]) => [name, child])) }
+  return {
+    layer,
+    add,
+    child: (name: string): FakeChild | undefined => children.get(name)?.child,
+  }
 }
