@@ -1,9 +1,10 @@
 /**
- * What each configured server offers, learned once at gateway start by starting it, initializing it
- * and listing its tools and prompts. It lets the gateway refuse a configuration whose merged names
- * collide before any client sees it, and declare a slow server's capabilities before it is up.
+ * The configured servers and what each offers, learned at gateway start (and for new or changed
+ * servers at each reload) by starting it, initializing it and listing its tools and prompts. It lets
+ * the gateway refuse a configuration whose merged names collide before any client sees it, and
+ * declare a slow server's capabilities before it is up.
  */
-import { Context, Duration, Effect, Layer, Option } from "effect"
+import { Context, Duration, Effect, Layer, Option, type Stream, SubscriptionRef } from "effect"
 import {
   ErrorCode,
   errorResponse,
@@ -14,6 +15,7 @@ import {
 } from "../../shared/jsonRpc.js"
 import { version } from "../../shared/version.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
+import { diffServers, type ServerDiff } from "../config/serverDiff.js"
 import { ConfigError } from "../errors.js"
 import { latestHandshakeVersion } from "../hub/mcp.js"
 import { exposedName, findCollisions, type NamedEntry } from "../hub/naming.js"
@@ -27,6 +29,15 @@ export interface ServerProfile {
 export interface CatalogShape {
   /** Profiles of the servers that could be probed; a server that failed its probe has none. */
   readonly profile: (server: string) => Option.Option<ServerProfile>
+  /** The configured servers as they stand (enabled ones, in config order). */
+  readonly servers: () => ReadonlyArray<ChildServer>
+  /** The configured servers now, then after each reload that changed them: sessions follow it. */
+  readonly changes: Stream.Stream<ReadonlyArray<ChildServer>>
+  /**
+   * Adopt a new set of servers: probe those that are new, changed or unprobed, check the merged
+   * names of the whole set, then publish it. On a collision nothing changes.
+   */
+  readonly replace: (servers: ReadonlyArray<ChildServer>) => Effect.Effect<ServerDiff, ConfigError>
 }
 
 export class Catalog extends Context.Tag("mcp-ssh/Catalog")<Catalog, CatalogShape>() {}
@@ -122,31 +133,14 @@ const probe = (
 const describeEntry = (kind: string, entry: NamedEntry) =>
   `${kind} '${entry.name}' of server '${entry.server}'`
 
-export const CatalogLive = Layer.effect(
-  Catalog,
+const checkCollisions = (configPath: string, probed: Iterable<ProbeResult>) =>
   Effect.gen(function* () {
-    const config = yield* GatewayConfig
-    const upstream = yield* Upstream
-    const timeout = Duration.seconds(config.settings.startupTimeout)
-    const results = yield* Effect.forEach(
-      config.servers,
-      (server) =>
-        probe(upstream, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
-          Effect.tapError((error) =>
-            Effect.logWarning(
-              `could not probe server '${server.name}' at start (${error._tag === "TimeoutException" ? `no answer within ${Duration.format(timeout)}` : error.message}); it is still tried for each session`,
-            ),
-          ),
-          Effect.option,
-        ),
-      { concurrency: "unbounded" },
-    )
-    const probed = results.flatMap((result) => (Option.isSome(result) ? [result.value] : []))
+    const results = [...probed]
     for (const [kind, pick] of [
       ["tool", (result: ProbeResult) => result.tools],
       ["prompt", (result: ProbeResult) => result.prompts],
     ] as const) {
-      const entries = probed.flatMap((result) =>
+      const entries = results.flatMap((result) =>
         pick(result).map((name) => ({
           server: result.server.name,
           name,
@@ -156,7 +150,7 @@ export const CatalogLive = Layer.effect(
       const collisions = findCollisions(entries)
       if (collisions.length > 0) {
         return yield* new ConfigError({
-          message: `${config.configPath}: merged names collide; give one server a different "prefix":\n${collisions
+          message: `${configPath}: merged names collide; give one server a different "prefix":\n${collisions
             .map(
               ([first, second]) =>
                 `  '${first.exposed}': ${describeEntry(kind, first)} and ${describeEntry(kind, second)}`,
@@ -165,12 +159,68 @@ export const CatalogLive = Layer.effect(
         })
       }
     }
-    for (const result of probed) {
-      yield* Effect.logInfo(
-        `server '${result.server.name}': ${result.tools.length} tool(s), ${result.prompts.length} prompt(s)`,
+  })
+
+export const CatalogLive = Layer.effect(
+  Catalog,
+  Effect.gen(function* () {
+    const config = yield* GatewayConfig
+    const upstream = yield* Upstream
+    const timeout = Duration.seconds(config.settings.startupTimeout)
+    const probeEach = (servers: ReadonlyArray<ChildServer>) =>
+      Effect.forEach(
+        servers,
+        (server) =>
+          probe(upstream, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
+            Effect.tapError((error) =>
+              Effect.logWarning(
+                `could not probe server '${server.name}' (${error._tag === "TimeoutException" ? `no answer within ${Duration.format(timeout)}` : error.message}); it is still tried for each session`,
+              ),
+            ),
+            Effect.option,
+          ),
+        { concurrency: "unbounded" },
+      ).pipe(
+        Effect.map((results) => results.flatMap((result) => (Option.isSome(result) ? [result.value] : []))),
       )
-    }
-    const profiles = new Map(probed.map((result) => [result.server.name, result.profile]))
-    return { profile: (server: string) => Option.fromNullable(profiles.get(server)) }
+
+    /** Successful probes of the servers in `current`, by name; owned by `replace` and the start. */
+    let probed = new Map<string, ProbeResult>()
+    let configured: ReadonlyArray<ChildServer> = []
+    const current = yield* SubscriptionRef.make<ReadonlyArray<ChildServer>>([])
+
+    const adopt = (servers: ReadonlyArray<ChildServer>, diff: ServerDiff) =>
+      Effect.gen(function* () {
+        const kept = diff.unchanged.flatMap((server) => {
+          const result = probed.get(server.name)
+          return result === undefined ? [] : [result]
+        })
+        const keptNames = new Set(kept.map((result) => result.server.name))
+        const fresh = yield* probeEach(
+          [...diff.added, ...diff.changed, ...diff.unchanged].filter((server) => !keptNames.has(server.name)),
+        )
+        const next = new Map([...kept, ...fresh].map((result) => [result.server.name, result]))
+        yield* checkCollisions(config.configPath, next.values())
+        for (const result of fresh) {
+          yield* Effect.logInfo(
+            `server '${result.server.name}': ${result.tools.length} tool(s), ${result.prompts.length} prompt(s)`,
+          )
+        }
+        probed = next
+        configured = servers
+        yield* SubscriptionRef.set(current, servers)
+        return diff
+      })
+
+    yield* adopt(config.servers, diffServers([], config.servers))
+    // One reload at a time; the Reloader serializes too, this keeps the Catalog right on its own.
+    const serialized = yield* Effect.makeSemaphore(1)
+    return {
+      profile: (server: string) => Option.fromNullable(probed.get(server)?.profile),
+      servers: () => configured,
+      changes: current.changes,
+      replace: (servers: ReadonlyArray<ChildServer>) =>
+        serialized.withPermits(1)(Effect.suspend(() => adopt(servers, diffServers(configured, servers)))),
+    } satisfies CatalogShape
   }),
 )

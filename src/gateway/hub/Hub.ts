@@ -10,14 +10,16 @@
  * clients), the change feed, the session's children and the fast path. This file only composes them.
  *
  * Children are per session (the original tool's model): started when the session opens, supervised
- * and restarted while it lasts, stopped with it.
+ * and restarted while it lasts, stopped with it. A config reload adds, retires or restarts a
+ * session's children in place.
  */
-import { Context, Data, Duration, Effect, Layer, type Scope } from "effect"
+import { Context, Data, Duration, Effect, Layer, Option, type Scope, Stream } from "effect"
 import type { JsonRpcNotification, JsonRpcResponse } from "../../shared/jsonRpc.js"
 import { Catalog } from "../children/Catalog.js"
 import type { ChildState, SupervisedChild } from "../children/ChildSupervisor.js"
 import { Upstream } from "../children/Upstream.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
+import { describeDiff, diffServers } from "../config/serverDiff.js"
 import { Audit } from "../session/Audit.js"
 import { makeChangeFeed } from "./changeFeed.js"
 import { makeChildMessages } from "./childMessages.js"
@@ -83,8 +85,13 @@ export const HubLive = Layer.effect(
     const audit = yield* Audit
     const { settings } = config
 
-    const openSession = (servers: ReadonlyArray<ChildServer>, client: ClientIdentity, output: ClientOutput) =>
+    /** The servers a session uses out of the configured ones: all, or those its command named. */
+    const selected = (selection: ReadonlyArray<string>, servers: ReadonlyArray<ChildServer>) =>
+      selection.length === 0 ? servers : servers.filter((server) => selection.includes(server.name))
+
+    const openSession = (selection: ReadonlyArray<string>, client: ClientIdentity, output: ClientOutput) =>
       Effect.gen(function* () {
+        const servers = selected(selection, catalog.servers())
         const log = (effect: Effect.Effect<void>) =>
           effect.pipe(Effect.annotateLogs({ client: client.fingerprint }))
         const protocol = new SessionProtocol()
@@ -138,6 +145,29 @@ export const HubLive = Layer.effect(
           )
         }
 
+        // A reload changes the session's servers in place: the others, and their calls, are not touched.
+        const follow = (configured: ReadonlyArray<ChildServer>) =>
+          Effect.gen(function* () {
+            const wanted = selected(selection, configured)
+            const diff = diffServers(
+              children.all.map((child) => child.server),
+              wanted,
+            )
+            const change = yield* children.apply(wanted)
+            if (change.retired.length === 0 && change.started.length === 0) return
+            routing.retire(
+              change.retired.map((child) => child.server.name),
+              children.all.map((child) => child.server.name),
+            )
+            for (const child of change.retired) {
+              const state = child.state()
+              const profile = Option.getOrUndefined(catalog.profile(child.server.name))
+              feed.listsChanged(state._tag === "Ready" ? state.capabilities : (profile?.capabilities ?? {}))
+            }
+            yield* log(Effect.logInfo(`servers reloaded for this session: ${describeDiff(diff)}`))
+          })
+        yield* catalog.changes.pipe(Stream.runForEach(follow), Effect.forkScoped)
+
         return {
           request,
           notify,
@@ -148,16 +178,14 @@ export const HubLive = Layer.effect(
 
     const open = (selection: ReadonlyArray<string>, client: ClientIdentity, output: ClientOutput) =>
       Effect.gen(function* () {
-        const names = config.servers.map((server) => server.name)
+        const names = catalog.servers().map((server) => server.name)
         const unknown = selection.filter((name) => !names.includes(name))
         if (unknown.length > 0) {
           return yield* new SelectionError({
             message: `unknown server(s): ${unknown.join(", ")}; available: ${names.join(", ")}`,
           })
         }
-        const servers =
-          selection.length === 0 ? config.servers : config.servers.filter((s) => selection.includes(s.name))
-        return yield* openSession(servers, client, output)
+        return yield* openSession(selection, client, output)
       })
 
     return { open }

@@ -16,6 +16,8 @@ export interface ChangeFeed {
   readonly emit: (method: string, params: JsonObject | undefined) => void
   /** A child came up or went down: once the client has the merged lists, they changed. */
   readonly childChanged: (child: SupervisedChild, previous: ChildState, next: ChildState) => void
+  /** A server with these capabilities left the session (a reload): the lists it fed changed. */
+  readonly listsChanged: (capabilities: JsonObject) => void
   /** A legacy client's resources/subscribe or unsubscribe was answered without error. */
   readonly subscribed: (uri: string, on: boolean) => void
   /**
@@ -66,18 +68,18 @@ export const makeChangeFeed = (
       }
     }
 
-    const childChanged = (_child: SupervisedChild, previous: ChildState, next: ChildState) => {
-      const wasReady = previous._tag === "Ready"
-      const isReady = next._tag === "Ready"
-      if (wasReady === isReady || !protocol.announced) return
-      const capabilities = isReady
-        ? next.capabilities
-        : previous._tag === "Ready"
-          ? previous.capabilities
-          : {}
+    const listsChanged = (capabilities: JsonObject) => {
+      if (!protocol.announced) return
       for (const [capability, method] of Object.entries(listChangedMethod)) {
         if (capabilities[capability] !== undefined) emit(method, undefined)
       }
+    }
+
+    const childChanged = (_child: SupervisedChild, previous: ChildState, next: ChildState) => {
+      const wasReady = previous._tag === "Ready"
+      const isReady = next._tag === "Ready"
+      if (wasReady === isReady) return
+      listsChanged(isReady ? next.capabilities : previous._tag === "Ready" ? previous.capabilities : {})
     }
 
     const subscribed = (uri: string, on: boolean) => {
@@ -109,5 +111,5 @@ export const makeChangeFeed = (
       })
 
     const endOfInput = Deferred.succeed(inputEnded, undefined).pipe(Effect.asVoid)
-    return { emit, childChanged, subscribed, listen, endOfInput } satisfies ChangeFeed
+    return { emit, childChanged, listsChanged, subscribed, listen, endOfInput } satisfies ChangeFeed
   })

@@ -4,7 +4,7 @@
  * of a child that is up, a bounded wait for one still starting, the merged view of their
  * capabilities, and the log level fanned out to them.
  */
-import { Deferred, Duration, Effect, Option, type Scope } from "effect"
+import { Deferred, Duration, Effect, ExecutionStrategy, Exit, Option, Scope } from "effect"
 import {
   ErrorCode,
   errorResponse,
@@ -24,6 +24,8 @@ import {
 } from "../children/ChildSupervisor.js"
 import type { Upstream } from "../children/Upstream.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
+import { sameServer } from "../config/serverDiff.js"
+import { UpstreamError } from "../errors.js"
 import { mergeCapabilities, mergeInstructions } from "./mcp.js"
 import type { SessionProtocol } from "./protocol.js"
 
@@ -32,7 +34,15 @@ export interface MergedView {
   readonly instructions: string | undefined
 }
 
+/** What a reload did to one session's children. */
+export interface ChildrenChange {
+  /** Children stopped (after their calls in flight drained): removed, or replaced by a new version. */
+  readonly retired: ReadonlyArray<SupervisedChild>
+  readonly started: ReadonlyArray<SupervisedChild>
+}
+
 export interface SessionChildren {
+  /** The session's children now, in config order; a reload replaces the array. */
   readonly all: ReadonlyArray<SupervisedChild>
   readonly ready: (server: string) => ReadyChild | undefined
   /** The child's connection; a child still starting gets up to --startup-wait to come up. */
@@ -47,6 +57,11 @@ export interface SessionChildren {
   readonly mergedView: () => MergedView
   /** Remember the level (restarted children get it too) and send the request to every child that logs. */
   readonly setLevel: (request: JsonRpcRequest) => Effect.Effect<void>
+  /**
+   * Follow a reload: start new servers, retire removed ones, restart changed ones; leave the rest
+   * alone. A retired child's calls in flight get up to its request timeout, then an error.
+   */
+  readonly apply: (servers: ReadonlyArray<ChildServer>) => Effect.Effect<ChildrenChange>
 }
 
 export interface SessionChildrenOptions {
@@ -70,14 +85,22 @@ export const makeSessionChildren = (
   Effect.gen(function* () {
     const { protocol, startupWait } = options
     const handshake = yield* Deferred.make<ClientHandshake>()
-    const all = yield* Effect.forEach(options.servers, (server) =>
-      superviseChild(options.upstream, server, options.supervisor, {
-        ...options.hooks,
-        handshake: Deferred.await(handshake),
-        logLevel: () => protocol.logLevel,
-      }),
-    )
-    const byName = new Map(all.map((child) => [child.server.name, child]))
+    const sessionScope = yield* Effect.scope
+    /** Each child lives in a scope of its own, so a reload can stop one and keep the others. */
+    const scopes = new Map<SupervisedChild, Scope.CloseableScope>()
+    const startChild = (server: ChildServer) =>
+      Effect.gen(function* () {
+        const scope = yield* Scope.fork(sessionScope, ExecutionStrategy.sequential)
+        const child = yield* superviseChild(options.upstream, server, options.supervisor, {
+          ...options.hooks,
+          handshake: Deferred.await(handshake),
+          logLevel: () => protocol.logLevel,
+        }).pipe(Scope.extend(scope))
+        scopes.set(child, scope)
+        return child
+      })
+    let all: ReadonlyArray<SupervisedChild> = yield* Effect.forEach(options.servers, startChild)
+    let byName = new Map(all.map((child) => [child.server.name, child]))
     const ready = (server: string) => readyState(byName.get(server))
     const hasCapability = (child: SupervisedChild, capability: string) =>
       readyState(child)?.capabilities[capability] !== undefined
@@ -156,8 +179,59 @@ export const makeSessionChildren = (
         )
       })
 
+    /** Calls in flight finish (up to the server's timeout) or fail with `why`; then the child stops. */
+    const retire = (child: SupervisedChild, why: string) => {
+      const scope = scopes.get(child)
+      scopes.delete(child)
+      const up = readyState(child)
+      const reason = new UpstreamError({
+        server: child.server.name,
+        code: ErrorCode.ServerUnavailable,
+        reason: why,
+      })
+      const drained =
+        up === undefined
+          ? Effect.void
+          : up.connection.drain(Duration.seconds(child.server.requestTimeout), reason)
+      return drained.pipe(
+        Effect.zipRight(scope === undefined ? Effect.void : Scope.close(scope, Exit.void)),
+        Effect.forkIn(sessionScope),
+        Effect.asVoid,
+      )
+    }
+
+    const apply = (servers: ReadonlyArray<ChildServer>) =>
+      Effect.gen(function* () {
+        const wanted = new Map(servers.map((server) => [server.name, server]))
+        const retired: Array<SupervisedChild> = []
+        const started: Array<SupervisedChild> = []
+        for (const child of all) {
+          const next = wanted.get(child.server.name)
+          if (next !== undefined && sameServer(child.server, next)) continue
+          retired.push(child)
+          yield* retire(child, next === undefined ? "was removed" : "was changed and restarted")
+        }
+        const next: Array<SupervisedChild> = []
+        for (const server of servers) {
+          const kept = byName.get(server.name)
+          if (kept !== undefined && !retired.includes(kept)) {
+            next.push(kept)
+            continue
+          }
+          const child = yield* startChild(server)
+          started.push(child)
+          next.push(child)
+        }
+        all = next
+        byName = new Map(all.map((child) => [child.server.name, child]))
+        return { retired, started } satisfies ChildrenChange
+      })
+
     return {
-      all,
+      get all() {
+        return all
+      },
+      apply,
       ready,
       whenReady,
       settleStarting,

@@ -27,7 +27,6 @@ export const makeMergedLists = (
   forward: Forward,
   log: (effect: Effect.Effect<void>) => Effect.Effect<void>,
 ): MergedLists => {
-  const order = children.all.map((child) => child.server.name)
   const lists = (child: SupervisedChild | undefined, method: MergedListMethod) =>
     child !== undefined && children.hasCapability(child, mergedLists[method].capability)
 
@@ -40,8 +39,12 @@ export const makeMergedLists = (
   }
 
   /** The first child after `index` that has this list, as a cursor position. */
-  const after = (index: number, method: MergedListMethod): MergedCursor | undefined => {
-    const following = children.all.slice(index + 1).find((child) => lists(child, method))
+  const after = (
+    current: ReadonlyArray<SupervisedChild>,
+    index: number,
+    method: MergedListMethod,
+  ): MergedCursor | undefined => {
+    const following = current.slice(index + 1).find((child) => lists(child, method))
     return following === undefined ? undefined : { server: following.server.name, cursor: undefined }
   }
 
@@ -52,11 +55,14 @@ export const makeMergedLists = (
       const start = cursorText === undefined ? undefined : decodeCursor(cursorText)
       const unknownCursor = invalidParams(request.id, `Invalid params: unknown cursor for ${method}`)
       if (cursorText !== undefined && start === undefined) return unknownCursor
+      // One page sees one set of servers, though a reload may change it before the next page.
+      const current = children.all
+      const order = current.map((child) => child.server.name)
       let position: MergedCursor = start ?? { server: order[0] ?? "", cursor: undefined }
       let index = order.indexOf(position.server)
       if (index === -1) return unknownCursor
       while (index < order.length) {
-        const child = children.all[index]
+        const child = current[index]
         if (child === undefined || !lists(child, method)) {
           index++
           position = { server: order[index] ?? "", cursor: undefined }
@@ -73,7 +79,7 @@ export const makeMergedLists = (
               `server '${child.server.name}' failed ${method}: ${response.error?.message ?? "no result"}`,
             ),
           )
-          const following = after(index, method)
+          const following = after(current, index, method)
           if (following === undefined) return { response: ok(request.id, { [spec.items]: [] }) }
           index = order.indexOf(following.server)
           position = following
@@ -84,7 +90,9 @@ export const makeMergedLists = (
         const childNext =
           typeof result.nextCursor === "string" && result.nextCursor !== "" ? result.nextCursor : undefined
         const following =
-          childNext === undefined ? after(index, method) : { server: child.server.name, cursor: childNext }
+          childNext === undefined
+            ? after(current, index, method)
+            : { server: child.server.name, cursor: childNext }
         if (transformed.length > 0 || following === undefined) {
           const { nextCursor: _childCursor, ...rest } = result
           return {

@@ -37,7 +37,24 @@ export class RoutingTable {
   private readonly taskOwners = new Map<string, string>()
 
   /** `order`: the session's servers in config order, which decides who serves a URI two templates match. */
-  constructor(private readonly order: ReadonlyArray<string>) {}
+  constructor(private order: ReadonlyArray<string>) {}
+
+  /**
+   * A reload changed the session's servers: forget what the retired ones owned (their names, URIs
+   * and tasks route nowhere now; a new version lists afresh) and follow the new order.
+   */
+  retire(servers: ReadonlyArray<string>, order: ReadonlyArray<string>): void {
+    this.order = order
+    if (servers.length === 0) return
+    const gone = new Set(servers)
+    for (const names of Object.values(this.names)) {
+      for (const [exposed, target] of names) if (gone.has(target.server)) names.delete(exposed)
+    }
+    for (const owners of [this.resourceOwners, this.taskOwners]) {
+      for (const [key, server] of owners) if (gone.has(server)) owners.delete(key)
+    }
+    for (const server of gone) this.templateOwners.delete(server)
+  }
 
   named(kind: NamedKind, exposed: string): Target | undefined {
     return this.names[kind].get(exposed)

@@ -25,8 +25,9 @@ import {
   type Scope,
   TestClock,
 } from "effect"
-import { CatalogLive } from "../../../src/gateway/children/Catalog.js"
+import { Catalog, CatalogLive } from "../../../src/gateway/children/Catalog.js"
 import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/GatewayConfig.js"
+import type { ServerDiff } from "../../../src/gateway/config/serverDiff.js"
 import { decodeSettings, type GatewaySettings } from "../../../src/gateway/config/settings.js"
 import type { ConfigError } from "../../../src/gateway/errors.js"
 import { type ClientIdentity, HubLive } from "../../../src/gateway/hub/Hub.js"
@@ -77,6 +78,13 @@ export interface InProcessGateway {
   readonly audit: Recorded<AuditEntry>
   /** Everything logged, one logfmt line each, as the gateway writes its log. */
   readonly logs: Recorded<string>
+  /**
+   * Apply a new set of servers, as a config reload does. A server named before keeps its fake child;
+   * `version` stands for the rest of its config: a different one makes it a changed server.
+   */
+  readonly reload: (
+    servers: Readonly<Record<string, FakeServerScript & { readonly version?: string }>>,
+  ) => Effect.Effect<ServerDiff, ConfigError>
 }
 
 export const testIdentity: ClientIdentity = {
@@ -105,15 +113,19 @@ export const startGateway = (
       HashSet.make(Logger.map(Logger.logfmtLogger, (line) => logs.push(line))),
     )
     const audit = new Recorded<AuditEntry>("audit entry")
-    const servers: ReadonlyArray<ChildServer> = Object.entries(options.servers).map(([name, script]) => ({
+    const childServer = (
+      name: string,
+      script: FakeServerScript & { readonly version?: string },
+    ): ChildServer => ({
       name,
       command: "fake-mcp-server",
-      args: [],
+      args: script.version === undefined ? [] : [script.version],
       env: {},
       cwd: undefined,
       prefix: script.prefix,
       requestTimeout: script.timeout ?? defaultRequestTimeout,
-    }))
+    })
+    const servers = Object.entries(options.servers).map(([name, script]) => childServer(name, script))
     const config = {
       configPath: "/in-process/servers_config.json",
       settings: settingsWith(options.settings ?? {}),
@@ -124,22 +136,32 @@ export const startGateway = (
       options.recordAudit === true
         ? Layer.succeed(Audit, { record: (entry: AuditEntry) => audit.push(entry) })
         : AuditLive
-    const sessionLayer = McpSessionLive.pipe(
-      Layer.provide(HubLive),
-      Layer.provide(Layer.merge(CatalogLive, auditLayer)),
-      Layer.provide(fakes.layer),
-      Layer.provide(Layer.succeed(GatewayConfig, config)),
+    const sessionLayer = McpSessionLive.pipe(Layer.provide(HubLive), Layer.provide(auditLayer))
+    const context = yield* Layer.build(
+      sessionLayer.pipe(
+        Layer.provideMerge(CatalogLive),
+        Layer.provide(fakes.layer),
+        Layer.provide(Layer.succeed(GatewayConfig, config)),
+      ),
     )
-    const session = Context.get(yield* Layer.build(sessionLayer), McpSession)
+    const session = Context.get(context, McpSession)
+    const catalog = Context.get(context, Catalog)
     return {
       connect: (connectOptions = {}) => connectClient(session, connectOptions.selection ?? [], testIdentity),
       child: (name) => {
-        const child = fakes.children.get(name)
+        const child = fakes.child(name)
         if (child === undefined) throw new Error(`no server '${name}' in this gateway`)
         return child
       },
       audit,
       logs,
+      reload: (next) =>
+        catalog.replace(
+          Object.entries(next).map(([name, script]) => {
+            fakes.add(name, script)
+            return childServer(name, script)
+          }),
+        ),
     } satisfies InProcessGateway
   })
 
