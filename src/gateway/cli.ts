@@ -6,6 +6,7 @@ import { Console, Effect, Either, Option } from "effect"
 import { checkTypedFlags, flagTypes, plainWhenNotTerminal, typedOption } from "../shared/cliFlags.js"
 import { version } from "../shared/version.js"
 import { type FlagValues, loadGatewayConfig } from "./config/GatewayConfig.js"
+import { reloadCommand } from "./config/reloadCommand.js"
 import {
   envName,
   flagName,
@@ -81,7 +82,7 @@ const runGateway = (flags: FlagValues) =>
     // Loaded here rather than at the top, so `keys` and `tokens` start without the gateway's modules.
     const { gatewayFromConfig, loggerLayer } = yield* Effect.promise(() => import("./layers.js"))
     const { SshServer } = yield* Effect.promise(() => import("./ssh/SshServer.js"))
-    const app = gatewayFromConfig(config)
+    const app = gatewayFromConfig(config, loadGatewayConfig(flags, process.env))
     yield* Effect.gen(function* () {
       const { address } = yield* SshServer
       const hostKey = yield* HostKey
@@ -112,8 +113,9 @@ const fail = (message: string) =>
     ),
   )
 
-// Without a subcommand the root command runs the gateway; `keys` and `tokens` administer offline.
-const cli = Command.run(command.pipe(Command.withSubcommands([keysCommand, tokensCommand])), {
+// Without a subcommand the root command runs the gateway; `keys` and `tokens` administer offline;
+// `reload` asks a running gateway to reload.
+const cli = Command.run(command.pipe(Command.withSubcommands([keysCommand, tokensCommand, reloadCommand])), {
   name: "mcp-ssh-server",
   version,
 })

@@ -4,7 +4,10 @@ import { logLevelOf } from "../shared/logLevel.js"
 import { CatalogLive } from "./children/Catalog.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
 import { UpstreamLive } from "./children/Upstream.js"
+import { ConfigSource } from "./config/ConfigSource.js"
 import { GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.js"
+import { ReloaderLive } from "./config/Reloader.js"
+import { ReloadTriggersLive } from "./config/reloadTriggers.js"
 import type { GatewaySettings } from "./config/settings.js"
 import { HubLive } from "./hub/Hub.js"
 import { EnrollmentTokensLive } from "./keys/EnrollmentTokens.js"
@@ -15,16 +18,24 @@ import { McpSessionLive } from "./session/McpSession.js"
 import { HostKeyLive } from "./ssh/HostKey.js"
 import { SshServerLive } from "./ssh/SshServer.js"
 
-/** Everything below the SSH server; tests replace single members (Upstream, KeyStore) with their own. */
-export const SessionLayer = McpSessionLive.pipe(
-  Layer.provide(HubLive),
-  Layer.provide(Layer.merge(CatalogLive, AuditLive)),
-  Layer.provide(UpstreamLive),
+/** The configured servers (one Catalog, shared by the sessions and the Reloader) and their reloads. */
+const ServersLayer = ReloadTriggersLive.pipe(
+  Layer.provideMerge(ReloaderLive),
+  Layer.provideMerge(CatalogLive),
+  Layer.provideMerge(UpstreamLive),
   Layer.provide(ChildReaperLive),
 )
 
+/** Everything below the SSH server. */
+export const SessionLayer = McpSessionLive.pipe(
+  Layer.provide(HubLive),
+  Layer.provide(AuditLive),
+  Layer.provideMerge(ServersLayer),
+)
+
+/** The SSH server, and beside it what the key API needs of the rest: the Catalog and the Reloader. */
 export const GatewayLayer = SshServerLive.pipe(
-  Layer.provide(SessionLayer),
+  Layer.provideMerge(SessionLayer),
   Layer.provideMerge(Layer.mergeAll(HostKeyLive, KeyStoreLive)),
 )
 
@@ -44,7 +55,8 @@ export const GatewayWithKeyApiLayer = KeyApiLive.pipe(
   Layer.provideMerge(GatewayLayer),
 )
 
-export const gatewayFromConfig = (config: GatewayConfigShape) =>
+/** `load` reads the configuration again, for reloads. */
+export const gatewayFromConfig = (config: GatewayConfigShape, load: ConfigSource["Type"]["load"]) =>
   (config.settings.runKeyServer ? GatewayWithKeyApiLayer : GatewayLayer).pipe(
-    Layer.provide(Layer.succeed(GatewayConfig, config)),
+    Layer.provide(Layer.merge(Layer.succeed(GatewayConfig, config), Layer.succeed(ConfigSource, { load }))),
   )

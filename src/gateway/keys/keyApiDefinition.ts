@@ -14,6 +14,7 @@ import { maxBodyBytes, registrationModes } from "./keyApiRules.js"
 import {
   AdminCaller,
   BadRequestResponse,
+  ConfigRejectedResponse,
   EnrollmentToken,
   ForbiddenResponse,
   InternalErrorResponse,
@@ -110,6 +111,18 @@ const RevokeResponse = Schema.Struct({
   removed: Schema.Int.annotations({ description: "lines removed" }),
 }).annotations({ identifier: "RevokeResponse" })
 
+const ReloadResponse = Schema.Struct({
+  status: Schema.Literal("reloaded"),
+  added: Schema.Array(Schema.String),
+  removed: Schema.Array(Schema.String),
+  changed: Schema.Array(Schema.String).annotations({
+    description: "servers restarted with their new config",
+  }),
+  ignored_settings: Schema.Array(Schema.String).annotations({
+    description: "changed settings that take effect at the next start",
+  }),
+}).annotations({ identifier: "ReloadResponse" })
+
 const TokenResponse = Schema.Struct({
   token: Schema.String.annotations({ description: "shown once; only its hash is stored" }),
   id: Schema.String,
@@ -177,6 +190,18 @@ const adminGroup = HttpApiGroup.make("admin")
       .addSuccess(TokenResponse, { status: 201 })
       .middleware(OptionalJsonBody)
       .annotate(OpenApi.Summary, "Create an enrollment token (no body: one use, one hour)"),
+  )
+  .add(
+    HttpApiEndpoint.post("reload", "/admin/reload")
+      .addSuccess(ReloadResponse)
+      .addError(ConfigRejectedResponse)
+      .annotate(OpenApi.Summary, "Reload servers_config.json; only what changed is applied")
+      .annotate(
+        OpenApi.Description,
+        "Added servers start, removed ones finish their calls in flight and stop, changed ones restart; " +
+          "the others and their sessions are not touched. An invalid config is refused with every " +
+          "problem named, and the running one stays.",
+      ),
   )
   // Added to each endpoint after its body middleware, so the token is checked before the body is read.
   .middlewareEndpoints(AdminAuth)

@@ -7,7 +7,9 @@ import { Effect, Layer, Schema } from "effect"
 import { urlHost } from "../../shared/net.js"
 import type { PublicKey } from "../../shared/publicKey.js"
 import { version } from "../../shared/version.js"
+import { Catalog } from "../children/Catalog.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
+import { Reloader } from "../config/Reloader.js"
 import type { StoreError } from "../errors.js"
 import { HostKey } from "../ssh/HostKey.js"
 import { SshServer } from "../ssh/SshServer.js"
@@ -19,6 +21,7 @@ import { type KeyApiPolicy, remoteOf } from "./keyApiMiddleware.js"
 import {
   AdminCaller,
   BadRequest,
+  ConfigRejected,
   decodeProblem,
   EnrollmentToken,
   Forbidden,
@@ -40,7 +43,8 @@ const storeFailure = (error: StoreError) =>
 
 const PublicLive = HttpApiBuilder.group(KeyApiDefinition, "public", (handlers) =>
   Effect.gen(function* () {
-    const { settings, servers } = yield* GatewayConfig
+    const { settings } = yield* GatewayConfig
+    const catalog = yield* Catalog
     const hostKey = yield* HostKey
     const ssh = yield* SshServer
     const document = openApiDocument(version)
@@ -49,7 +53,7 @@ const PublicLive = HttpApiBuilder.group(KeyApiDefinition, "public", (handlers) =
         Effect.succeed({
           status: "healthy" as const,
           ssh: { listening: true, address: `${urlHost(ssh.address.address)}:${ssh.address.port}` },
-          servers: { configured: servers.length },
+          servers: { configured: catalog.servers().length },
           registration: settings.registration,
         }),
       )
@@ -111,6 +115,7 @@ const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
   Effect.gen(function* () {
     const keyStore = yield* KeyStore
     const tokens = yield* EnrollmentTokens
+    const reloader = yield* Reloader
     const decodeTokenRequest = Schema.decodeUnknown(TokenRequest)
     return (
       handlers
@@ -129,6 +134,27 @@ const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
               return yield* Effect.fail(new NotFound({ error: "no key has this fingerprint" }))
             return { status: "revoked" as const, fingerprint, removed }
           }).pipe(Effect.catchTag("StoreError", storeFailure)),
+        )
+        .handle("reload", () =>
+          Effect.gen(function* () {
+            const outcome = yield* reloader.reload(`POST /admin/reload by ${yield* AdminCaller}`)
+            return {
+              status: "reloaded" as const,
+              added: outcome.added,
+              removed: outcome.removed,
+              changed: outcome.changed,
+              ignored_settings: outcome.ignoredSettings,
+            }
+          }).pipe(
+            Effect.catchTag("ReloadFailed", (failed) =>
+              Effect.fail(
+                new ConfigRejected({
+                  error: "the new config is invalid; the running one stays",
+                  errors: failed.problems,
+                }),
+              ),
+            ),
+          ),
         )
         // Raw: a POST with no body at all is {} here, which the framework's JSON decoding cannot say;
         // the body is decoded with the endpoint's own schema.

@@ -42,6 +42,26 @@ const onTheWire = <Tag extends string, Self>(
     encode: ({ error }) => ({ error }),
   }).annotations(HttpApiSchema.annotations({ status, description }))
 
+/** A reload that was refused: the running config stays; `errors` names each problem's field. */
+export class ConfigRejected extends Schema.TaggedError<ConfigRejected>()("ConfigRejected", {
+  error: Schema.String,
+  errors: Schema.Array(Schema.String),
+}) {}
+
+export const ConfigRejectedResponse = Schema.transform(
+  Schema.Struct({ error: Schema.String, errors: Schema.Array(Schema.String) }).annotations({
+    identifier: "ConfigRejected",
+  }),
+  ConfigRejected,
+  {
+    strict: true,
+    decode: ({ error, errors }) => ({ _tag: "ConfigRejected" as const, error, errors }),
+    encode: ({ error, errors }) => ({ error, errors }),
+  },
+).annotations(
+  HttpApiSchema.annotations({ status: 400, description: "the new config is invalid; the running one stays" }),
+)
+
 export const BadRequestResponse = onTheWire(
   BadRequest,
   "BadRequest",
