@@ -234,6 +234,7 @@ const refusals = [
   UnsupportedMediaType,
   TooManyRequests,
   InternalError,
+  ConfigRejected,
 ] as const
 
 export type Refusal = InstanceType<(typeof refusals)[number]>
