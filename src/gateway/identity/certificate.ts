@@ -19,6 +19,10 @@
  * - The check without signature (`publickey -- check`) gets `ctx.accept()` -> USERAUTH_PK_OK echoing the
  *   cert algorithm and blob, which OpenSSH's client expects.
  * The signature must be checked against the certified key inside the certificate (not the CA key).
+ * Checked with OpenSSH 9.2 `ssh -o CertificateFile=...` against an ssh2 server (ed25519, ECDSA, RSA
+ * certificates: query, then signed request, both as above). RSA certificates arrive as
+ * `rsa-sha2-256-cert-v01@openssh.com`: ssh2's EXT_INFO server-sig-algs (Protocol.js sendExtInfo)
+ * lacks a comma after `ecdsa-sha2-nistp521`, so `rsa-sha2-512` is never advertised.
  */
 import { Data, Either } from "effect"
 import type { AllowedKeyType } from "../../shared/publicKey.js"
