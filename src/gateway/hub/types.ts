@@ -11,11 +11,17 @@ import {
 } from "../../shared/jsonRpc.js"
 import type { UpstreamError } from "../errors.js"
 
-/** Who is on the other end of a session, for the log. */
+/** Who is on the other end of a session: for the log, the audit and the access policy. */
 export interface ClientIdentity {
+  /** The fingerprint of the key that logged in (for a certificate: of the certified key). */
   readonly fingerprint: string
   readonly username: string
   readonly address: string
+  /** The name the access policy knows the client by (see issue "Identities and access"). */
+  readonly identity: string
+  readonly groups: ReadonlyArray<string>
+  /** Set when the client logged in with an OpenSSH certificate. */
+  readonly certificate?: { readonly serial: string; readonly caFingerprint: string }
 }
 
 /**

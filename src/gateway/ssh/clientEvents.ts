@@ -93,6 +93,9 @@ const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
           fingerprint: key.fingerprint,
           username: context.username,
           address: wiring.remote,
+          // Until key lines carry identities, a key is known by its fingerprint and has no groups.
+          identity: key.fingerprint,
+          groups: [],
         })
       }
       context.accept()

@@ -91,6 +91,8 @@ export const testIdentity: ClientIdentity = {
   fingerprint: "SHA256:in-process-test-key",
   username: "mcp",
   address: "in-process",
+  identity: "in-process-test",
+  groups: [],
 }
 
 /** Seconds a fake server's requests may take when its script names no timeout (the config default). */
