@@ -164,7 +164,7 @@ export const HubLive = Layer.effect(
               const profile = Option.getOrUndefined(catalog.profile(child.server.name))
               feed.listsChanged(state._tag === "Ready" ? state.capabilities : (profile?.capabilities ?? {}))
             }
-            yield* log(Effect.logInfo(`servers reloaded for this session: ${describeDiff(diff)}`))
+            yield* log(Effect.logDebug(`servers reloaded for this session: ${describeDiff(diff)}`))
           })
         yield* catalog.changes.pipe(Stream.runForEach(follow), Effect.forkScoped)
 
