@@ -27,6 +27,8 @@ export interface ServerProfile {
 export interface CatalogShape {
   /** Profiles of the servers that could be probed; a server that failed its probe has none. */
   readonly profile: (server: string) => Option.Option<ServerProfile>
+  /** Why a server failed its probe (for /health); none for a server that passed it. */
+  readonly probeFailure: (server: string) => Option.Option<string>
 }
 
 export class Catalog extends Context.Tag("mcp-ssh/Catalog")<Catalog, CatalogShape>() {}
@@ -128,15 +130,21 @@ export const CatalogLive = Layer.effect(
     const config = yield* GatewayConfig
     const upstream = yield* Upstream
     const timeout = Duration.seconds(config.settings.startupTimeout)
+    const failures = new Map<string, string>()
     const results = yield* Effect.forEach(
       config.servers,
       (server) =>
         probe(upstream, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
-          Effect.tapError((error) =>
-            Effect.logWarning(
-              `could not probe server '${server.name}' at start (${error._tag === "TimeoutException" ? `no answer within ${Duration.format(timeout)}` : error.message}); it is still tried for each session`,
-            ),
-          ),
+          Effect.tapError((error) => {
+            const reason =
+              error._tag === "TimeoutException"
+                ? `no answer within ${Duration.format(timeout)}`
+                : error.message
+            failures.set(server.name, reason)
+            return Effect.logWarning(
+              `could not probe server '${server.name}' at start (${reason}); it is still tried for each session`,
+            )
+          }),
           Effect.option,
         ),
       { concurrency: "unbounded" },
@@ -171,6 +179,9 @@ export const CatalogLive = Layer.effect(
       )
     }
     const profiles = new Map(probed.map((result) => [result.server.name, result.profile]))
-    return { profile: (server: string) => Option.fromNullable(profiles.get(server)) }
+    return {
+      profile: (server: string) => Option.fromNullable(profiles.get(server)),
+      probeFailure: (server: string) => Option.fromNullable(failures.get(server)),
+    }
   }),
 )

@@ -4,13 +4,12 @@
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect, Layer, Schema } from "effect"
-import { urlHost } from "../../shared/net.js"
 import type { PublicKey } from "../../shared/publicKey.js"
 import { version } from "../../shared/version.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import type { StoreError } from "../errors.js"
+import { GatewayStatus } from "../ops/GatewayStatus.js"
 import { HostKey } from "../ssh/HostKey.js"
-import { SshServer } from "../ssh/SshServer.js"
 import { keyListing } from "./authorizedKeysFile.js"
 import { EnrollmentTokens } from "./EnrollmentTokens.js"
 import { KeyStore } from "./KeyStore.js"
@@ -24,6 +23,7 @@ import {
   Forbidden,
   InternalError,
   NotFound,
+  NotReady,
   RequestBody,
   TokenRequest,
 } from "./keyApiSchemas.js"
@@ -42,16 +42,22 @@ const PublicLive = HttpApiBuilder.group(KeyApiDefinition, "public", (handlers) =
   Effect.gen(function* () {
     const { settings, servers } = yield* GatewayConfig
     const hostKey = yield* HostKey
-    const ssh = yield* SshServer
+    const status = yield* GatewayStatus
     const document = openApiDocument(version)
     return handlers
       .handle("health", () =>
-        Effect.succeed({
+        Effect.map(status.snapshot, (snapshot) => ({
           status: "healthy" as const,
-          ssh: { listening: true, address: `${urlHost(ssh.address.address)}:${ssh.address.port}` },
-          servers: { configured: servers.length },
+          state: snapshot.state,
+          ssh: snapshot.ssh,
+          servers: { configured: servers.length, states: Object.fromEntries(snapshot.servers) },
           registration: settings.registration,
-        }),
+        })),
+      )
+      .handle("ready", () =>
+        Effect.flatMap(status.ready, (answer) =>
+          answer.status === 200 ? Effect.succeed(answer.body) : Effect.fail(new NotReady(answer.body)),
+        ),
       )
       .handle("serverPubKey", () =>
         Effect.succeed({ server_pub_key: hostKey.publicKeyLine, fingerprint: hostKey.fingerprint }),

@@ -30,6 +30,7 @@ import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/Gat
 import { decodeSettings, type GatewaySettings } from "../../../src/gateway/config/settings.js"
 import type { ConfigError } from "../../../src/gateway/errors.js"
 import { type ClientIdentity, HubLive } from "../../../src/gateway/hub/Hub.js"
+import { Drain, DrainLive, type DrainShape } from "../../../src/gateway/ops/Drain.js"
 import { Audit, type AuditEntry, AuditLive } from "../../../src/gateway/session/Audit.js"
 import { McpSession, McpSessionLive } from "../../../src/gateway/session/McpSession.js"
 import { connectClient, type TestClient } from "./client.js"
@@ -77,6 +78,8 @@ export interface InProcessGateway {
   readonly audit: Recorded<AuditEntry>
   /** Everything logged, one logfmt line each, as the gateway writes its log. */
   readonly logs: Recorded<string>
+  /** The gateway's drain (what SIGTERM starts), to drive it without signals. */
+  readonly drain: DrainShape
 }
 
 export const testIdentity: ClientIdentity = {
@@ -128,9 +131,11 @@ export const startGateway = (
       Layer.provide(HubLive),
       Layer.provide(Layer.merge(CatalogLive, auditLayer)),
       Layer.provide(fakes.layer),
+      Layer.provideMerge(DrainLive),
       Layer.provide(Layer.succeed(GatewayConfig, config)),
     )
-    const session = Context.get(yield* Layer.build(sessionLayer), McpSession)
+    const built = yield* Layer.build(sessionLayer)
+    const session = Context.get(built, McpSession)
     return {
       connect: (connectOptions = {}) => connectClient(session, connectOptions.selection ?? [], testIdentity),
       child: (name) => {
@@ -140,6 +145,7 @@ export const startGateway = (
       },
       audit,
       logs,
+      drain: Context.get(built, Drain),
     } satisfies InProcessGateway
   })
 
