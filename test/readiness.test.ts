@@ -1,5 +1,11 @@
-/** What /ready and /health say in each state, from the pure rules (ops/readiness.ts). */
+/** What /ready and /health say in each state: the pure rules (ops/readiness.ts) and GatewayStatus. */
+import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { Effect, Either, Layer } from "effect"
 import { describe, expect, it } from "vitest"
+import { GatewayConfig } from "../src/gateway/config/GatewayConfig.js"
+import { decodeSettings } from "../src/gateway/config/settings.js"
+import { Drain, DrainLive } from "../src/gateway/ops/Drain.js"
+import { GatewayStatus, GatewayStatusLive, readyResponse } from "../src/gateway/ops/GatewayStatus.js"
 import {
   gatewayState,
   readyAnswer,
@@ -48,4 +54,50 @@ describe("the gateway's state", () => {
     expect(shortReason("spawn ENOENT\n    at stack")).toBe("spawn ENOENT")
     expect(shortReason("x".repeat(500))).toHaveLength(200)
   })
+})
+
+describe("GatewayStatus", () => {
+  const settings = Either.getOrThrow(decodeSettings({}))
+  const server = {
+    name: "a",
+    command: "a",
+    args: [],
+    env: {},
+    cwd: undefined,
+    prefix: undefined,
+    requestTimeout: 60,
+  }
+  const layer = GatewayStatusLive.pipe(
+    Layer.provideMerge(DrainLive),
+    Layer.provide(Layer.succeed(GatewayConfig, { configPath: "", settings, servers: [server] })),
+  )
+  const bodyOf = (response: HttpServerResponse.HttpServerResponse) =>
+    response.body._tag === "Uint8Array" ? JSON.parse(new TextDecoder().decode(response.body.body)) : undefined
+
+  it("goes from starting to ready to draining, and serves /ready to any listener", () =>
+    Effect.runPromise(
+      Effect.gen(function* () {
+        const status = yield* GatewayStatus
+        const starting = yield* readyResponse
+        expect(starting.status).toBe(503)
+        expect(bodyOf(starting)).toMatchObject({ state: "starting" })
+        expect((yield* status.snapshot).servers).toEqual([["a", { state: "starting" }]])
+
+        yield* status.serving({ address: "::1", family: "IPv6", port: 8022 }, () => [["a", { state: "up" }]])
+        const ready = yield* status.snapshot
+        expect(ready).toEqual({
+          state: "ready",
+          ssh: { listening: true, address: "[::1]:8022" },
+          servers: [["a", { state: "up" }]],
+        })
+        expect((yield* readyResponse).status).toBe(200)
+
+        yield* (yield* Drain).run(Effect.never)
+        expect(yield* status.snapshot).toMatchObject({ state: "draining", ssh: { listening: false } })
+        expect(bodyOf(yield* readyResponse)).toEqual({
+          error: "the gateway is shutting down",
+          state: "draining",
+        })
+      }).pipe(Effect.provide(layer)),
+    ))
 })

@@ -4,6 +4,7 @@
  * listeners that serve it can answer "starting" while the servers are probed.
  */
 import type { AddressInfo } from "node:net"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Context, Effect, Layer, Option } from "effect"
 import { urlHost } from "../../shared/net.js"
 import { Catalog } from "../children/Catalog.js"
@@ -76,6 +77,20 @@ export const GatewayStatusLive = Layer.effect(
     } satisfies GatewayStatusShape
   }),
 )
+
+/**
+ * GET /ready as an HTTP answer, for a listener other than the key API to mount (the metrics
+ * listener), so load balancers can check readiness when the key API is off.
+ */
+export const readyResponse: Effect.Effect<HttpServerResponse.HttpServerResponse, never, GatewayStatus> =
+  Effect.flatMap(GatewayStatus, (status) =>
+    Effect.map(status.ready, (answer) =>
+      HttpServerResponse.unsafeJson(answer.body, {
+        status: answer.status,
+        headers: { "cache-control": "no-store" },
+      }),
+    ),
+  )
 
 /** Built once SSH listens (after the start probes): the gateway serves, each server as its probe found it. */
 export const GatewayServingLive = Layer.effectDiscard(
