@@ -19,3 +19,5 @@ esac
 "$work/prefix/bin/mcp-ssh-client" --help | grep -q -- "--known-hosts" ||
   { echo "check-package: mcp-ssh-client --help does not list its flags" >&2; exit 1; }
 echo "check-package: $tarball installs, and both bins run (mcp-ssh-server $server_version)"
+# The systemd unit, verified against the bin just installed (verify wants ExecStart to exist).
+bash scripts/check-systemd-unit.sh "$work/prefix/bin/mcp-ssh-server"

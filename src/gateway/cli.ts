@@ -82,6 +82,7 @@ const runGateway = (flags: FlagValues) =>
     // Loaded here rather than at the top, so `keys` and `tokens` start without the gateway's modules.
     const { gatewayFromConfig, loggerLayer } = yield* Effect.promise(() => import("./layers.js"))
     const { SshServer } = yield* Effect.promise(() => import("./ssh/SshServer.js"))
+    const { drainOnSigterm } = yield* Effect.promise(() => import("./ops/shutdown.js"))
     const app = gatewayFromConfig(config, loadGatewayConfig(flags, process.env))
     yield* Effect.gen(function* () {
       const { address } = yield* SshServer
@@ -91,8 +92,11 @@ const runGateway = (flags: FlagValues) =>
         `ready: ${config.servers.length} server(s) from ${config.configPath}; host key ${hostKey.fingerprint}; ` +
           `clients from ${keyStore.path}; connect with: ssh -T -p ${address.port} -i <your key> mcp@${address.address}`,
       )
+      // SIGTERM from here on drains before the layers below close (ops/shutdown.ts).
+      yield* drainOnSigterm
       return yield* Effect.never
     }).pipe(
+      Effect.scoped,
       Effect.provide(app),
       Effect.provide(loggerLayer(config.settings.logLevel, config.settings.logFormat)),
     )

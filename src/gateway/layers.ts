@@ -6,21 +6,22 @@ import { ChildReaperLive } from "./children/ChildReaper.js"
 import { UpstreamLive } from "./children/Upstream.js"
 import { ConfigSource } from "./config/ConfigSource.js"
 import { GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.js"
-import { ReloaderLive } from "./config/Reloader.js"
+import { ReloaderLive, ReloadTargetLive } from "./config/Reloader.js"
 import { ReloadTriggersLive } from "./config/reloadTriggers.js"
 import type { GatewaySettings } from "./config/settings.js"
 import { HubLive } from "./hub/Hub.js"
 import { EnrollmentTokensLive } from "./keys/EnrollmentTokens.js"
 import { KeyApiLive } from "./keys/KeyApi.js"
 import { KeyStoreLive } from "./keys/KeyStore.js"
+import { DrainLive } from "./ops/Drain.js"
+import { GatewayServingLive, GatewayStatusLive } from "./ops/GatewayStatus.js"
 import { AuditLive } from "./session/Audit.js"
 import { McpSessionLive } from "./session/McpSession.js"
 import { HostKeyLive } from "./ssh/HostKey.js"
 import { SshServerLive } from "./ssh/SshServer.js"
 
 /** The configured servers (one Catalog, shared by the sessions and the Reloader) and their reloads. */
-const ServersLayer = ReloadTriggersLive.pipe(
-  Layer.provideMerge(ReloaderLive),
+const ServersLayer = Layer.mergeAll(ReloadTriggersLive, ReloadTargetLive).pipe(
   Layer.provideMerge(CatalogLive),
   Layer.provideMerge(UpstreamLive),
   Layer.provide(ChildReaperLive),
@@ -30,14 +31,19 @@ const ServersLayer = ReloadTriggersLive.pipe(
 export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
   Layer.provide(AuditLive),
+  // The Catalog also tells the gateway's status how each server did at its probe.
   Layer.provideMerge(ServersLayer),
 )
 
-/** The SSH server, and beside it what the key API needs of the rest: the Catalog and the Reloader. */
-export const GatewayLayer = SshServerLive.pipe(
+const KeysLayer = Layer.mergeAll(HostKeyLive, KeyStoreLive)
+
+/** The SSH server and what it serves; once it listens, the gateway's status says it serves. */
+const ServingLayer = GatewayServingLive.pipe(
+  Layer.provideMerge(SshServerLive),
   Layer.provideMerge(SessionLayer),
-  Layer.provideMerge(Layer.mergeAll(HostKeyLive, KeyStoreLive)),
 )
+
+export const GatewayLayer = ServingLayer.pipe(Layer.provideMerge(KeysLayer))
 
 /** On stderr, so stdout stays free; logfmt or JSON, every line is machine-readable. */
 export const loggerLayer = (level: GatewaySettings["logLevel"], format: GatewaySettings["logFormat"]) =>
@@ -49,14 +55,24 @@ export const loggerLayer = (level: GatewaySettings["logLevel"], format: GatewayS
     Logger.minimumLogLevel(logLevelOf[level]),
   )
 
-/** The gateway plus the HTTP key API beside it (--run-key-server); it starts once SSH listens. */
-export const GatewayWithKeyApiLayer = KeyApiLive.pipe(
-  Layer.provide(EnrollmentTokensLive),
-  Layer.provideMerge(GatewayLayer),
-)
+/**
+ * The gateway plus the HTTP key API beside it (--run-key-server), built side by side: the API
+ * listens while the servers are probed, so /ready can say "starting".
+ */
+export const GatewayWithKeyApiLayer = Layer.merge(
+  KeyApiLive.pipe(Layer.provide(EnrollmentTokensLive)),
+  ServingLayer,
+).pipe(Layer.provideMerge(KeysLayer))
+
+/**
+ * The drain, the status that /ready reports and the Reloader: one of each, built first (the key API
+ * answers while the servers are probed), shared by all.
+ */
+export const OpsLayer = Layer.merge(GatewayStatusLive.pipe(Layer.provideMerge(DrainLive)), ReloaderLive)
 
 /** `load` reads the configuration again, for reloads. */
 export const gatewayFromConfig = (config: GatewayConfigShape, load: ConfigSource["Type"]["load"]) =>
   (config.settings.runKeyServer ? GatewayWithKeyApiLayer : GatewayLayer).pipe(
+    Layer.provideMerge(OpsLayer),
     Layer.provide(Layer.merge(Layer.succeed(GatewayConfig, config), Layer.succeed(ConfigSource, { load }))),
   )

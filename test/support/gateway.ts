@@ -114,7 +114,12 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
       ...(options.keyApi === true ? ["--run-key-server", "--key-server-port", "0"] : []),
       ...(options.flags ?? []),
     ],
-    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+      // No drain unless a test asks for one (--drain-timeout or this variable): suites that stop the
+      // gateway with calls in flight test the stop itself, and would wait the 30 s default.
+      env: { MCP_SSH_DRAIN_TIMEOUT: "0", ...process.env, ...options.env },
+    },
   )
   let output = ""
   const watchers: Watchers = new Set()

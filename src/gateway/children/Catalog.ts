@@ -38,6 +38,8 @@ export interface CatalogShape {
    * names of the whole set, then publish it. On a collision nothing changes.
    */
   readonly replace: (servers: ReadonlyArray<ChildServer>) => Effect.Effect<ServerDiff, ConfigError>
+  /** Why a server failed its last probe (for /health); none for a server that passed it. */
+  readonly probeFailure: (server: string) => Option.Option<string>
 }
 
 export class Catalog extends Context.Tag("mcp-ssh/Catalog")<Catalog, CatalogShape>() {}
@@ -167,25 +169,31 @@ export const CatalogLive = Layer.effect(
     const config = yield* GatewayConfig
     const upstream = yield* Upstream
     const timeout = Duration.seconds(config.settings.startupTimeout)
+    /** Each server's probe: its result, or why it failed (logged; the server is still tried per session). */
     const probeEach = (servers: ReadonlyArray<ChildServer>) =>
       Effect.forEach(
         servers,
         (server) =>
           probe(upstream, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
-            Effect.tapError((error) =>
+            Effect.mapError((error) =>
+              error._tag === "TimeoutException"
+                ? `no answer within ${Duration.format(timeout)}`
+                : error.message,
+            ),
+            Effect.tapError((reason) =>
               Effect.logWarning(
-                `could not probe server '${server.name}' (${error._tag === "TimeoutException" ? `no answer within ${Duration.format(timeout)}` : error.message}); it is still tried for each session`,
+                `could not probe server '${server.name}' (${reason}); it is still tried for each session`,
               ),
             ),
-            Effect.option,
+            Effect.either,
+            Effect.map((outcome) => [server.name, outcome] as const),
           ),
         { concurrency: "unbounded" },
-      ).pipe(
-        Effect.map((results) => results.flatMap((result) => (Option.isSome(result) ? [result.value] : []))),
       )
 
     /** Successful probes of the servers in `current`, by name; owned by `replace` and the start. */
     let probed = new Map<string, ProbeResult>()
+    let failures = new Map<string, string>()
     let configured: ReadonlyArray<ChildServer> = []
     const current = yield* SubscriptionRef.make<ReadonlyArray<ChildServer>>([])
 
@@ -196,9 +204,10 @@ export const CatalogLive = Layer.effect(
           return result === undefined ? [] : [result]
         })
         const keptNames = new Set(kept.map((result) => result.server.name))
-        const fresh = yield* probeEach(
+        const outcomes = yield* probeEach(
           [...diff.added, ...diff.changed, ...diff.unchanged].filter((server) => !keptNames.has(server.name)),
         )
+        const fresh = outcomes.flatMap(([, outcome]) => (outcome._tag === "Right" ? [outcome.right] : []))
         const next = new Map([...kept, ...fresh].map((result) => [result.server.name, result]))
         yield* checkCollisions(config.configPath, next.values())
         for (const result of fresh) {
@@ -207,6 +216,11 @@ export const CatalogLive = Layer.effect(
           )
         }
         probed = next
+        failures = new Map(
+          outcomes.flatMap(([name, outcome]) =>
+            outcome._tag === "Left" ? [[name, outcome.left] as const] : [],
+          ),
+        )
         configured = servers
         yield* SubscriptionRef.set(current, servers)
         return diff
@@ -218,6 +232,7 @@ export const CatalogLive = Layer.effect(
     return {
       profile: (server: string) => Option.fromNullable(probed.get(server)?.profile),
       servers: () => configured,
+      probeFailure: (server: string) => Option.fromNullable(failures.get(server)),
       changes: current.changes,
       replace: (servers: ReadonlyArray<ChildServer>) =>
         serialized.withPermits(1)(Effect.suspend(() => adopt(servers, diffServers(configured, servers)))),

@@ -5,8 +5,8 @@
  * time; requests that arrive while one runs collapse into one more, which reads the file as it is
  * then, so the last config wins.
  */
-import { Context, Data, Effect, Layer, Queue } from "effect"
-import { Catalog } from "../children/Catalog.js"
+import { Context, Data, Deferred, Effect, Layer, Option, Queue } from "effect"
+import { Catalog, type CatalogShape } from "../children/Catalog.js"
 import type { ConfigError } from "../errors.js"
 import { ConfigSource } from "./ConfigSource.js"
 import { GatewayConfig, type GatewayConfigShape } from "./GatewayConfig.js"
@@ -53,18 +53,25 @@ export class Reloader extends Context.Tag("mcp-ssh/Reloader")<
      * outcome is logged. Requests made while a reload runs collapse into one.
      */
     readonly request: (trigger: string) => void
+    /** The servers to reload into, once they are up (ReloadTargetLive): until then a reload is refused. */
+    readonly attach: (catalog: CatalogShape) => Effect.Effect<void>
   }
 >() {}
+
+const stillStarting = new ReloadFailed({
+  problems: ["the gateway is still starting; reload once it serves (GET /ready answers 200)"],
+})
 
 export const ReloaderLive = Layer.scoped(
   Reloader,
   Effect.gen(function* () {
     const running = yield* GatewayConfig
     const source = yield* ConfigSource
-    const catalog = yield* Catalog
+    // Built before the servers are probed (the key API answers from the start); they come later.
+    const target = yield* Deferred.make<CatalogShape>()
     const oneAtATime = yield* Effect.makeSemaphore(1)
 
-    const apply = (trigger: string) =>
+    const apply = (trigger: string, catalog: CatalogShape) =>
       Effect.gen(function* () {
         const next = yield* source.load
         const diff = yield* catalog.replace(next.servers)
@@ -89,13 +96,23 @@ export const ReloaderLive = Layer.scoped(
         ),
       )
 
-    const reload = (trigger: string) => oneAtATime.withPermits(1)(apply(trigger))
+    const reload = (trigger: string) =>
+      Effect.flatMap(Deferred.poll(target), (attached) =>
+        Option.match(attached, {
+          onNone: () => Effect.fail(stillStarting),
+          onSome: (catalog) => oneAtATime.withPermits(1)(Effect.flatMap(catalog, (c) => apply(trigger, c))),
+        }),
+      )
 
     // Sliding, one slot: however many requests arrive during a reload, one more reload follows.
     const requests = yield* Queue.sliding<string>(1)
-    yield* Queue.take(requests).pipe(
-      Effect.flatMap((trigger) => Effect.ignore(reload(trigger))),
-      Effect.forever,
+    yield* Deferred.await(target).pipe(
+      Effect.zipRight(
+        Queue.take(requests).pipe(
+          Effect.flatMap((trigger) => Effect.ignore(reload(trigger))),
+          Effect.forever,
+        ),
+      ),
       Effect.forkScoped,
     )
     yield* Effect.addFinalizer(() => Queue.shutdown(requests))
@@ -105,6 +122,15 @@ export const ReloaderLive = Layer.scoped(
       request: (trigger: string) => {
         Queue.unsafeOffer(requests, trigger)
       },
+      attach: (catalog: CatalogShape) => Deferred.succeed(target, catalog).pipe(Effect.asVoid),
     }
+  }),
+)
+
+/** Hands the Reloader the servers once they are probed and serving. */
+export const ReloadTargetLive = Layer.effectDiscard(
+  Effect.gen(function* () {
+    const reloader = yield* Reloader
+    yield* reloader.attach(yield* Catalog)
   }),
 )

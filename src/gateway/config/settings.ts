@@ -12,6 +12,11 @@ const Seconds = Schema.Number.pipe(
   Schema.finite(),
   Schema.greaterThan(0, { message: () => "must be a number of seconds greater than 0" }),
 )
+/** 0 is meaningful here: do not wait at all. */
+const SecondsOrNone = Schema.Number.pipe(
+  Schema.finite(),
+  Schema.greaterThanOrEqualTo(0, { message: () => "must be a number of seconds, 0 or more" }),
+)
 const Count = Schema.Int.pipe(
   Schema.greaterThanOrEqualTo(1, { message: () => "must be a whole number of at least 1" }),
 )
@@ -147,6 +152,11 @@ export const gatewaySettings = {
     default: 2,
     doc: "seconds a stopping child gets after stdin closes, and again after SIGTERM, before SIGKILL",
   },
+  drainTimeout: {
+    schema: SecondsOrNone,
+    default: 30,
+    doc: "seconds calls in flight may take to finish after SIGTERM before the gateway stops (0: no wait)",
+  },
 } as const satisfies Record<
   string,
   {
@@ -173,7 +183,7 @@ export const flagType = (key: SettingKey): FlagType => {
   const spec: { readonly schema: unknown; readonly default: unknown } = gatewaySettings[key]
   if (typeof spec.default === "boolean") return flagTypes.boolean
   if (spec.schema === Port || spec.schema === Count) return flagTypes.integer
-  if (spec.schema === Seconds) return flagTypes.float
+  if (spec.schema === Seconds || spec.schema === SecondsOrNone) return flagTypes.float
   if (key === "logLevel") return flagTypes.choice(logLevels)
   if (key === "registration") return flagTypes.choice(gatewaySettings.registration.schema.literals)
   if (key === "logFormat") return flagTypes.choice(gatewaySettings.logFormat.schema.literals)

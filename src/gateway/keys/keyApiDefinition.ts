@@ -19,6 +19,7 @@ import {
   ForbiddenResponse,
   InternalErrorResponse,
   NotFoundResponse,
+  NotReadyResponse,
   PayloadTooLargeResponse,
   RegisterRequest,
   RequestBody,
@@ -74,12 +75,30 @@ export class EnrollmentGate extends HttpApiMiddleware.Tag<EnrollmentGate>()("mcp
 
 // --- answers
 
+const ServerState = Schema.Struct({
+  state: Schema.Literal("starting", "up", "failed").annotations({
+    description:
+      "how the server did at the gateway's start probe (a failed one is still tried for each session)",
+  }),
+  reason: Schema.optional(Schema.String),
+}).annotations({ identifier: "ServerState" })
+
 const Health = Schema.Struct({
-  status: Schema.Literal("healthy"),
+  status: Schema.Literal("healthy").annotations({
+    description: "the process answers (the original's field)",
+  }),
+  state: Schema.Literal("starting", "ready", "no_server_can_start", "draining").annotations({
+    description: "the gateway's state; GET /ready is 200 only when ready",
+  }),
   ssh: Schema.Struct({ listening: Schema.Boolean, address: Schema.String }),
-  servers: Schema.Struct({ configured: Schema.Int }),
+  servers: Schema.Struct({
+    configured: Schema.Int,
+    states: Schema.Record({ key: Schema.String, value: ServerState }),
+  }),
   registration: Schema.Literal(...registrationModes),
 }).annotations({ identifier: "Health" })
+
+const Ready = Schema.Struct({ status: Schema.Literal("ready") }).annotations({ identifier: "Ready" })
 
 const ServerPublicKey = Schema.Struct({
   server_pub_key: Schema.String.annotations({ examples: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."] }),
@@ -136,7 +155,13 @@ const publicGroup = HttpApiGroup.make("public")
   .add(
     HttpApiEndpoint.get("health", "/health")
       .addSuccess(Health)
-      .annotate(OpenApi.Summary, "Liveness and readiness; never rate-limited"),
+      .annotate(OpenApi.Summary, "Liveness, the gateway's state and each server's; never rate-limited"),
+  )
+  .add(
+    HttpApiEndpoint.get("ready", "/ready")
+      .addSuccess(Ready)
+      .addError(NotReadyResponse)
+      .annotate(OpenApi.Summary, "Readiness for load balancers: 200 or 503; never rate-limited"),
   )
   .add(
     HttpApiEndpoint.get("serverPubKey", "/server_pub_key")

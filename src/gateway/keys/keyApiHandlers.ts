@@ -4,15 +4,13 @@
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect, Layer, Schema } from "effect"
-import { urlHost } from "../../shared/net.js"
 import type { PublicKey } from "../../shared/publicKey.js"
 import { version } from "../../shared/version.js"
-import { Catalog } from "../children/Catalog.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Reloader } from "../config/Reloader.js"
 import type { StoreError } from "../errors.js"
+import { GatewayStatus } from "../ops/GatewayStatus.js"
 import { HostKey } from "../ssh/HostKey.js"
-import { SshServer } from "../ssh/SshServer.js"
 import { keyListing } from "./authorizedKeysFile.js"
 import { EnrollmentTokens } from "./EnrollmentTokens.js"
 import { KeyStore } from "./KeyStore.js"
@@ -27,6 +25,7 @@ import {
   Forbidden,
   InternalError,
   NotFound,
+  NotReady,
   RequestBody,
   TokenRequest,
 } from "./keyApiSchemas.js"
@@ -44,18 +43,23 @@ const storeFailure = (error: StoreError) =>
 const PublicLive = HttpApiBuilder.group(KeyApiDefinition, "public", (handlers) =>
   Effect.gen(function* () {
     const { settings } = yield* GatewayConfig
-    const catalog = yield* Catalog
     const hostKey = yield* HostKey
-    const ssh = yield* SshServer
+    const status = yield* GatewayStatus
     const document = openApiDocument(version)
     return handlers
       .handle("health", () =>
-        Effect.succeed({
+        Effect.map(status.snapshot, (snapshot) => ({
           status: "healthy" as const,
-          ssh: { listening: true, address: `${urlHost(ssh.address.address)}:${ssh.address.port}` },
-          servers: { configured: catalog.servers().length },
+          state: snapshot.state,
+          ssh: snapshot.ssh,
+          servers: { configured: snapshot.servers.length, states: Object.fromEntries(snapshot.servers) },
           registration: settings.registration,
-        }),
+        })),
+      )
+      .handle("ready", () =>
+        Effect.flatMap(status.ready, (answer) =>
+          answer.status === 200 ? Effect.succeed(answer.body) : Effect.fail(new NotReady(answer.body)),
+        ),
       )
       .handle("serverPubKey", () =>
         Effect.succeed({ server_pub_key: hostKey.publicKeyLine, fingerprint: hostKey.fingerprint }),

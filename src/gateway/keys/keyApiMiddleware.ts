@@ -160,7 +160,7 @@ const respond = (status: number, error: string) =>
 
 /**
  * The whole API: common headers and a debug line on every answer; rate limiting before routing
- * (health checks are exempt, and so is the admin with the right token; wrong admin tokens are
+ * (health and readiness checks are exempt, and so is the admin with the right token; wrong admin tokens are
  * limited); and this API's wording for what the framework answers itself (an unknown path, a body
  * that does not decode, a defect).
  */
@@ -200,7 +200,7 @@ export const apiMiddleware = (policy: KeyApiPolicy) => {
         policy.adminToken !== undefined &&
         given !== undefined &&
         secretsEqual(given, policy.adminToken)
-      if (path !== "/health" && !admin) yield* admit(remoteOf(request))
+      if (path !== "/health" && path !== "/ready" && !admin) yield* admit(remoteOf(request))
       return yield* app
     }).pipe(
       Effect.catchAllCause(

@@ -106,6 +106,29 @@ export const InternalErrorResponse = onTheWire(
   "the server could not answer; see its log",
 )
 
+/** GET /ready's refusal: 503 with the reason and the gateway's state (load balancers read the status). */
+export class NotReady extends Schema.TaggedError<NotReady>()("NotReady", {
+  error: Schema.String,
+  state: Schema.Literal("starting", "draining", "no_server_can_start"),
+}) {}
+
+export const NotReadyResponse = Schema.transform(
+  Schema.Struct({ error: NotReady.fields.error, state: NotReady.fields.state }).annotations({
+    identifier: "NotReady",
+  }),
+  NotReady,
+  {
+    strict: true,
+    decode: ({ error, state }) => ({ _tag: "NotReady" as const, error, state }),
+    encode: ({ error, state }) => ({ error, state }),
+  },
+).annotations(
+  HttpApiSchema.annotations({
+    status: 503,
+    description: "not ready: starting (servers being probed), draining, or no configured server could start",
+  }),
+)
+
 // --- what the middleware hands to the handlers
 
 /** The address of the admin who made the request (for the key's source). */
@@ -235,6 +258,7 @@ const refusals = [
   TooManyRequests,
   InternalError,
   ConfigRejected,
+  NotReady,
 ] as const
 
 export type Refusal = InstanceType<(typeof refusals)[number]>

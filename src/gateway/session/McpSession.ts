@@ -25,6 +25,7 @@ import { type Frame, LineFramer } from "../../shared/lineFramer.js"
 import { forEachChunk, whenDrained, writeWithBackpressure } from "../../shared/streams.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { type ClientIdentity, Hub, type HubSession } from "../hub/Hub.js"
+import { Drain, type DrainShape } from "../ops/Drain.js"
 
 export interface SessionChannel {
   readonly input: Readable
@@ -61,6 +62,9 @@ class InFlight {
   private readonly cancels = new Map<string, Effect.Effect<void>>()
   private whenEmpty: (() => void) | undefined
 
+  /** The gateway's count of calls in flight, which a drain waits on. */
+  constructor(private readonly counter: Pick<DrainShape, "callStarted" | "callSettled">) {}
+
   get size(): number {
     return this.cancels.size
   }
@@ -78,7 +82,10 @@ class InFlight {
       write(response)
     })
     // The fast path may answer before it returns.
-    if (!answered) this.cancels.set(key, cancel)
+    if (!answered) {
+      this.cancels.set(key, cancel)
+      this.counter.callStarted()
+    }
   }
 
   /** Cancel one request, at its child too; nothing when no such request is in progress. */
@@ -105,7 +112,8 @@ class InFlight {
   })
 
   private settle(key: string) {
-    this.cancels.delete(key)
+    if (!this.cancels.delete(key)) return
+    this.counter.callSettled()
     if (this.cancels.size > 0) return
     const whenEmpty = this.whenEmpty
     this.whenEmpty = undefined
@@ -117,6 +125,7 @@ export const McpSessionLive = Layer.effect(
   McpSession,
   Effect.gen(function* () {
     const hub = yield* Hub
+    const drain = yield* Drain
     const { settings } = yield* GatewayConfig
     const maxLineBytes = settings.maxLineBytes
 
@@ -127,6 +136,11 @@ export const McpSessionLive = Layer.effect(
           if (!output.destroyed && !output.writableEnded) output.write(encodeMessage(message))
         }
         const ready = whenDrained(output)
+        // A session opened on a connection that was already in when the drain began: no children for it.
+        if (drain.draining()) {
+          yield* writeWithBackpressure(channel.diagnostics, `mcp-ssh: ${shuttingDown}\n`).pipe(Effect.ignore)
+          return 1
+        }
         const opened = yield* hub.open(selection, client, { write, ready }).pipe(Effect.either)
         if (opened._tag === "Left") {
           yield* writeWithBackpressure(channel.diagnostics, `mcp-ssh: ${opened.left.message}\n`).pipe(
@@ -135,7 +149,7 @@ export const McpSessionLive = Layer.effect(
           return 1
         }
         const session = opened.right
-        const inFlight = new InFlight()
+        const inFlight = new InFlight(drain)
         // Runs before the Hub's own finalizers (finalizers run in reverse). A session ended under its
         // client (gateway shutdown, key revoked) answers every request still in progress, so no
         // caller waits for an answer that cannot come.
@@ -145,13 +159,24 @@ export const McpSessionLive = Layer.effect(
               write(
                 errorResponse(JSON.parse(key) as JsonRpcId, {
                   code: ErrorCode.ServerUnavailable,
-                  message: "Server unavailable: the session ended before this request was answered",
+                  // After a drain: the call did not finish in time (or a second signal cut the wait).
+                  message: drain.draining()
+                    ? `Server unavailable: ${shuttingDown} before this request was answered`
+                    : "Server unavailable: the session ended before this request was answered",
                 }),
               )
             }
           }),
         )
-        const handleFrame = makeFrameHandler({ session, inFlight, write, maxLineBytes })
+        // Long-lived requests (subscriptions/listen) would hold the drain to its timeout: end them now.
+        yield* Effect.forkScoped(Effect.zipRight(drain.started, session.endOfInput))
+        const handleFrame = makeFrameHandler({
+          session,
+          inFlight,
+          write,
+          maxLineBytes,
+          draining: drain.draining,
+        })
         const framer = new LineFramer(maxLineBytes)
         const untilEndOfInput = forEachChunk(channel.input, (chunk) =>
           Effect.forEach(framer.push(chunk), handleFrame, { discard: true }).pipe(Effect.zipRight(ready)),
@@ -179,14 +204,18 @@ interface FrameContext {
   readonly inFlight: InFlight
   readonly write: (message: JsonRpcMessage) => void
   readonly maxLineBytes: number
+  readonly draining: () => boolean
 }
+
+/** What a request gets once the gateway drains (and a session opened then, on its stderr). */
+const shuttingDown = "the gateway is shutting down"
 
 const invalidRequest = (id: JsonRpcId | null, message: string) =>
   errorResponse(id, { code: ErrorCode.InvalidRequest, message: `Invalid Request: ${message}` })
 
 /** What each line of the client does: answered at once when it is bad, else handed to the Hub. */
 const makeFrameHandler =
-  ({ session, inFlight, write, maxLineBytes }: FrameContext) =>
+  ({ session, inFlight, write, maxLineBytes, draining }: FrameContext) =>
   (frame: Frame): Effect.Effect<void> => {
     if (frame._tag === "Oversized") {
       return Effect.logWarning(
@@ -223,6 +252,9 @@ const makeFrameHandler =
         if (isNotificationMethod(request.method)) {
           // Answered (it has an id) but never forwarded: a child would take it as a request.
           write(invalidRequest(request.id, `${request.method} is a notification and must not have an "id"`))
+        } else if (draining()) {
+          // Notifications and the client's answers to servers still flow; only new work is refused.
+          write(errorResponse(request.id, { code: ErrorCode.ServerUnavailable, message: shuttingDown }))
         } else if (inFlight.has(key)) {
           write(invalidRequest(request.id, `id ${key} is already used by a request in progress`))
         } else if (inFlight.size >= maxRequestsInFlight) {

@@ -11,6 +11,7 @@ import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ListenError } from "../errors.js"
 import type { ClientIdentity } from "../hub/Hub.js"
 import { KeyStore } from "../keys/KeyStore.js"
+import { Drain } from "../ops/Drain.js"
 import { McpSession } from "../session/McpSession.js"
 import { wireClient } from "./clientEvents.js"
 import { HostKey } from "./HostKey.js"
@@ -92,6 +93,7 @@ export const SshServerLive = Layer.scoped(
     const hostKey = yield* HostKey
     const keyStore = yield* KeyStore
     const mcpSession = yield* McpSession
+    const drain = yield* Drain
 
     const connections = yield* FiberSet.make<void, never>()
     const runConnection = yield* FiberSet.runtime(connections)<never>()
@@ -270,6 +272,13 @@ export const SshServerLive = Layer.scoped(
     const address = yield* Effect.acquireRelease(listen(netServer, settings.host, settings.port), () =>
       // Stop accepting now; open connections end when the FiberSet above is interrupted.
       Effect.sync(() => netServer.close()),
+    )
+    // A drain stops new connections at once; open ones stay for their calls in flight.
+    yield* Effect.forkScoped(
+      Effect.zipRight(
+        drain.started,
+        Effect.sync(() => netServer.close()).pipe(Effect.zipRight(Effect.logInfo("SSH listener closed"))),
+      ),
     )
     yield* Effect.logInfo(`SSH server listening on ${address.address}:${address.port}`)
     return { address }

@@ -31,6 +31,7 @@ import type { ServerDiff } from "../../../src/gateway/config/serverDiff.js"
 import { decodeSettings, type GatewaySettings } from "../../../src/gateway/config/settings.js"
 import type { ConfigError } from "../../../src/gateway/errors.js"
 import { type ClientIdentity, HubLive } from "../../../src/gateway/hub/Hub.js"
+import { Drain, DrainLive, type DrainShape } from "../../../src/gateway/ops/Drain.js"
 import { Audit, type AuditEntry, AuditLive } from "../../../src/gateway/session/Audit.js"
 import { McpSession, McpSessionLive } from "../../../src/gateway/session/McpSession.js"
 import { connectClient, type TestClient } from "./client.js"
@@ -85,6 +86,8 @@ export interface InProcessGateway {
   readonly reload: (
     servers: Readonly<Record<string, FakeServerScript & { readonly version?: string }>>,
   ) => Effect.Effect<ServerDiff, ConfigError>
+  /** The gateway's drain (what SIGTERM starts), to drive it without signals. */
+  readonly drain: DrainShape
 }
 
 export const testIdentity: ClientIdentity = {
@@ -143,6 +146,7 @@ export const startGateway = (
       sessionLayer.pipe(
         Layer.provideMerge(CatalogLive),
         Layer.provide(fakes.layer),
+        Layer.provideMerge(DrainLive),
         Layer.provide(Layer.succeed(GatewayConfig, config)),
       ),
     )
@@ -164,6 +168,7 @@ export const startGateway = (
             return childServer(name, script)
           }),
         ),
+      drain: Context.get(context, Drain),
     } satisfies InProcessGateway
   })
 
