@@ -10,6 +10,8 @@ import { HubLive } from "./hub/Hub.js"
 import { EnrollmentTokensLive } from "./keys/EnrollmentTokens.js"
 import { KeyApiLive } from "./keys/KeyApi.js"
 import { KeyStoreLive } from "./keys/KeyStore.js"
+import { MetricsLive } from "./ops/Metrics.js"
+import { MetricsServerLive } from "./ops/MetricsServer.js"
 import { AuditLive } from "./session/Audit.js"
 import { McpSessionLive } from "./session/McpSession.js"
 import { HostKeyLive } from "./ssh/HostKey.js"
@@ -44,7 +46,14 @@ export const GatewayWithKeyApiLayer = KeyApiLive.pipe(
   Layer.provideMerge(GatewayLayer),
 )
 
+/**
+ * Metrics (the no-op without --metrics-port) and their listener come first: a metrics port in use
+ * refuses the start before SSH listens, and every part below reports to the same registry.
+ */
+const MetricsLayer = MetricsServerLive.pipe(Layer.provideMerge(MetricsLive))
+
 export const gatewayFromConfig = (config: GatewayConfigShape) =>
   (config.settings.runKeyServer ? GatewayWithKeyApiLayer : GatewayLayer).pipe(
+    Layer.provideMerge(MetricsLayer),
     Layer.provide(Layer.succeed(GatewayConfig, config)),
   )

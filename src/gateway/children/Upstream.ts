@@ -29,6 +29,8 @@ export type ChildMessage = JsonRpcRequest | JsonRpcNotification
 
 export interface UpstreamConnection {
   readonly name: string
+  /** The child's process id, where there is a process (the metrics read its memory). */
+  readonly pid?: number
   /**
    * Send a request and wait for the child's response (returned with the caller's id). Interrupting
    * the caller cancels the request at the child.
@@ -229,7 +231,7 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
         return Effect.sync(cancel)
       })
 
-    const connection: UpstreamConnection = { name, call, request, send, exited: Deferred.await(closed) }
+    const connection: UpstreamConnection = { name, pid, call, request, send, exited: Deferred.await(closed) }
 
     // One reader hands every message on in the order the child wrote it: a notification the child
     // sent before a response reaches the client before that response. It reads on only when the

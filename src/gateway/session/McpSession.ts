@@ -25,6 +25,7 @@ import { type Frame, LineFramer } from "../../shared/lineFramer.js"
 import { forEachChunk, whenDrained, writeWithBackpressure } from "../../shared/streams.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { type ClientIdentity, Hub, type HubSession } from "../hub/Hub.js"
+import { Metrics, type MetricsShape } from "../ops/Metrics.js"
 
 export interface SessionChannel {
   readonly input: Readable
@@ -118,6 +119,7 @@ export const McpSessionLive = Layer.effect(
   Effect.gen(function* () {
     const hub = yield* Hub
     const { settings } = yield* GatewayConfig
+    const metrics = yield* Metrics
     const maxLineBytes = settings.maxLineBytes
 
     const serve = (channel: SessionChannel, selection: ReadonlyArray<string>, client: ClientIdentity) =>
@@ -135,6 +137,7 @@ export const McpSessionLive = Layer.effect(
           return 1
         }
         const session = opened.right
+        yield* Effect.acquireRelease(Effect.sync(metrics.sessionOpened), (closed) => Effect.sync(closed))
         const inFlight = new InFlight()
         // Runs before the Hub's own finalizers (finalizers run in reverse). A session ended under its
         // client (gateway shutdown, key revoked) answers every request still in progress, so no
@@ -151,7 +154,7 @@ export const McpSessionLive = Layer.effect(
             }
           }),
         )
-        const handleFrame = makeFrameHandler({ session, inFlight, write, maxLineBytes })
+        const handleFrame = makeFrameHandler({ session, inFlight, write, maxLineBytes, metrics })
         const framer = new LineFramer(maxLineBytes)
         const untilEndOfInput = forEachChunk(channel.input, (chunk) =>
           Effect.forEach(framer.push(chunk), handleFrame, { discard: true }).pipe(Effect.zipRight(ready)),
@@ -179,6 +182,7 @@ interface FrameContext {
   readonly inFlight: InFlight
   readonly write: (message: JsonRpcMessage) => void
   readonly maxLineBytes: number
+  readonly metrics: MetricsShape
 }
 
 const invalidRequest = (id: JsonRpcId | null, message: string) =>
@@ -186,7 +190,7 @@ const invalidRequest = (id: JsonRpcId | null, message: string) =>
 
 /** What each line of the client does: answered at once when it is bad, else handed to the Hub. */
 const makeFrameHandler =
-  ({ session, inFlight, write, maxLineBytes }: FrameContext) =>
+  ({ session, inFlight, write, maxLineBytes, metrics }: FrameContext) =>
   (frame: Frame): Effect.Effect<void> => {
     if (frame._tag === "Oversized") {
       return Effect.logWarning(
@@ -226,6 +230,7 @@ const makeFrameHandler =
         } else if (inFlight.has(key)) {
           write(invalidRequest(request.id, `id ${key} is already used by a request in progress`))
         } else if (inFlight.size >= maxRequestsInFlight) {
+          metrics.callLimited()
           write(invalidRequest(request.id, `more than ${maxRequestsInFlight} requests in progress`))
         } else {
           inFlight.start(session, request, key, write)
