@@ -6,7 +6,7 @@
  * that do not care about metrics need not provide it. prom-client itself is loaded only when
  * metrics are on (prometheus.ts).
  */
-import { Context, Effect, Layer } from "effect"
+import { Context, Data, Effect, Layer } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 
 export type ConnectionOutcome = "authenticated" | "refused" | "limited"
@@ -19,10 +19,17 @@ export interface ByteCounts {
   readonly bytesWritten: number
 }
 
+/** The registry could not render the metrics (a collector failed). */
+export class ScrapeError extends Data.TaggedError("ScrapeError")<{ readonly reason: string }> {
+  override get message(): string {
+    return `cannot render the metrics: ${this.reason}`
+  }
+}
+
 export interface MetricsShape {
   readonly enabled: boolean
   /** The exposition text and its content type, for GET /metrics. */
-  readonly scrape: Effect.Effect<{ readonly contentType: string; readonly text: string }, Error>
+  readonly scrape: Effect.Effect<{ readonly contentType: string; readonly text: string }, ScrapeError>
   /** A TCP connection was accepted; the function returned is called when it closes. */
   readonly connectionOpened: (socket: ByteCounts) => () => void
   /** How a connection's login ended (once per connection). */

@@ -5,7 +5,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
-import { Context, Effect, Layer, Runtime } from "effect"
+import { Context, Effect, FiberSet, Layer } from "effect"
 import { isLoopbackHost, urlHost } from "../../shared/net.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ListenError } from "../errors.js"
@@ -47,7 +47,7 @@ const handle = (metrics: MetricsShape, request: IncomingMessage, response: Serve
     Effect.matchEffect({
       onSuccess: ({ contentType, text }) => Effect.sync(() => answer(response, 200, contentType, text)),
       onFailure: (error) =>
-        Effect.logError("metrics scrape failed", error).pipe(
+        Effect.logError(error.message).pipe(
           Effect.zipRight(
             Effect.sync(() => answer(response, 500, "text/plain; charset=utf-8", "scrape failed\n")),
           ),
@@ -64,10 +64,11 @@ export const MetricsServerLive = Layer.scoped(
     const port = settings.metricsPort
     if (port === undefined || !metrics.enabled) return { address: undefined }
     const host = settings.metricsHost
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    // Scrapes run as fibers of the layer's scope: the stop interrupts one still running.
+    const run = yield* FiberSet.makeRuntime<never, void, never>()
     // Timeouts bound how long a slow client can hold a connection.
     const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (request, response) => {
-      runFork(handle(metrics, request, response))
+      run(handle(metrics, request, response))
     })
     server.on("clientError", (_error, socket) => socket.destroy())
     const address = yield* Effect.acquireRelease(listen(server, host, port), () =>

@@ -8,7 +8,7 @@ import { Effect } from "effect"
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client"
 import { version } from "../../shared/version.js"
 import { descendantsOf } from "../children/processTree.js"
-import type { ByteCounts, MetricsShape } from "./Metrics.js"
+import { type ByteCounts, type MetricsShape, ScrapeError } from "./Metrics.js"
 import { LabelBudget, methodLabel, outcomeLabel, residentBytes, toolLabel } from "./metricLabels.js"
 
 /** Seconds; a call through the gateway takes a few hundred µs, a slow tool a minute. */
@@ -175,7 +175,7 @@ export const makeMetrics = (options: MetricsOptions): MetricsShape & { readonly 
     registry,
     scrape: Effect.tryPromise({
       try: () => registry.metrics(),
-      catch: (error) => (error instanceof Error ? error : new Error(String(error))),
+      catch: (error) => new ScrapeError({ reason: error instanceof Error ? error.message : String(error) }),
     }).pipe(Effect.map((text) => ({ contentType: registry.contentType, text }))),
     connectionOpened: (socket) => {
       live.add(socket)
