@@ -152,6 +152,7 @@ describe("decidePublicKey", () => {
     expect(decidePublicKey({ algo: key.type, hashAlgo: undefined, blob, signature }, authorized)).toEqual({
       _tag: "Refused",
       reason: `bad signature for ${key.fingerprint}`,
+      signature: true,
     })
     expect(decidePublicKey({ algo: "ssh-rsa", hashAlgo: "sha256", blob, signature }, authorized)).toEqual({
       _tag: "Refused",

@@ -15,6 +15,7 @@ import {
   type ServerEntry,
   startGateway,
 } from "./support/gateway.js"
+import { metricsUrl, scrape } from "./support/metrics.js"
 import { childrenOf, signalProcess, waitUntil } from "./support/processes.js"
 import { type LineChannel, openSession } from "./support/ssh.js"
 
@@ -33,8 +34,12 @@ afterEach(async () => {
   gateway = undefined
 })
 
-const start = async (servers: Record<string, ServerEntry>) => {
-  const started = await startGateway({ servers, keyApi: true, flags: ["--admin-token", adminToken] })
+const start = async (servers: Record<string, ServerEntry>, flags: ReadonlyArray<string> = []) => {
+  const started = await startGateway({
+    servers,
+    keyApi: true,
+    flags: ["--admin-token", adminToken, ...flags],
+  })
   gateway = started
   return started
 }
@@ -246,5 +251,23 @@ describe("live config reload", () => {
     expect(names.filter((name) => name.endsWith("__echo"))).toEqual(["alpha__echo", "s7__echo"])
     expect(running.process.exitCode).toBe(null)
     channel.channel.close()
+  })
+
+  it("counts reloads by outcome in /metrics, whose listener also answers /ready", async () => {
+    const running = await start({ alpha: mini("alpha") }, ["--metrics-port", "0"])
+    const url = await metricsUrl(running)
+    const ready = await fetch(url.replace(/\/metrics$/, "/ready"))
+    expect(ready.status).toBe(200)
+    expect(await ready.json()).toMatchObject({ status: "ready" })
+
+    expect((await postReload(running)).status).toBe(200)
+    writeConfig(running, { mcpServers: { alpha: mini("alpha"), beta: mini("beta") } })
+    await running.waitForLog(/config reloaded \(servers_config\.json changed\): added: beta/)
+    writeConfig(running, undefined, "{ broken")
+    await running.waitForLog(/config reload \(servers_config\.json changed\) refused/)
+    const counted = await scrape(url)
+    expect(counted.value("mcp_ssh_config_reloads_total", { outcome: "unchanged" })).toBe(1)
+    expect(counted.value("mcp_ssh_config_reloads_total", { outcome: "applied" })).toBe(1)
+    expect(counted.value("mcp_ssh_config_reloads_total", { outcome: "failed" })).toBe(1)
   })
 })

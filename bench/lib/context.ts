@@ -18,6 +18,8 @@ export interface Options {
   readonly from: string | undefined
   /** Give up (and clean up) after this many seconds in all. */
   readonly timeLimitSeconds: number
+  /** Start the gateways of the latency scenario with --metrics-port (the cost of metrics per call). */
+  readonly metrics: boolean
 }
 
 export const usage = `Usage: npm run bench -- [options]   (or: vite-node bench/run.ts [options])
@@ -29,9 +31,11 @@ export const usage = `Usage: npm run bench -- [options]   (or: vite-node bench/r
   --markdown          print the tables as Markdown (as in bench/README.md) instead of plain text
   --from FILE         run nothing: print the report of a saved JSON file (e.g. an older latest.json)
   --time-limit SEC    stop and clean up after SEC seconds (default: 540; quick: 180)
+  --metrics           latency: run every gateway with metrics on (--metrics-port 0), to compare with a run without
   --help              this text
 
-Environment: BENCH_QUICK=1, BENCH_ONLY=LIST, BENCH_NO_SSHD=1, BENCH_OUTPUT=FILE, BENCH_TIME_LIMIT=SEC.`
+Environment: BENCH_QUICK=1, BENCH_ONLY=LIST, BENCH_NO_SSHD=1, BENCH_OUTPUT=FILE, BENCH_TIME_LIMIT=SEC,
+BENCH_METRICS=1.`
 
 export class UsageError extends Error {}
 
@@ -60,6 +64,7 @@ export const parseOptions = (
   let markdown = false
   let from: string | undefined
   let timeLimit = env.BENCH_TIME_LIMIT === undefined ? undefined : Number(env.BENCH_TIME_LIMIT)
+  let metrics = env.BENCH_METRICS === "1" || env.BENCH_METRICS === "true"
   const args = [...argv]
   while (args.length > 0) {
     const arg = args.shift() ?? ""
@@ -93,6 +98,9 @@ export const parseOptions = (
       case "--time-limit":
         timeLimit = Number(value())
         break
+      case "--metrics":
+        metrics = true
+        break
       case "--help":
       case "-h":
         return undefined
@@ -110,6 +118,7 @@ export const parseOptions = (
     markdown,
     from,
     timeLimitSeconds: timeLimit ?? (quick ? 180 : 540),
+    metrics,
   }
 }
 

@@ -49,18 +49,23 @@ export const latency = async (ctx: Context): Promise<void> => {
     paths.push(path)
     return path
   }
+  // --metrics: every gateway counts and times its calls, as with --metrics-port in production.
+  const flags = ctx.options.metrics ? ["--metrics-port", "0"] : []
+  if (ctx.options.metrics) results.note("latency: every gateway runs with metrics on (--metrics-port 0)")
   try {
     // One gateway per measured path, so each gets the same warm-up and its CPU is its path's alone.
     const gateway = await startGateway(ctx.workspace, {
       servers: { mini: miniServer },
       clientKeys: [ctx.clientKey],
       name: "gateway",
+      flags,
     })
     cleanups.push(gateway.stop)
     const openSshGateway = await startGateway(ctx.workspace, {
       servers: { mini: miniServer },
       clientKeys: [ctx.clientKey],
       name: "gateway-for-ssh",
+      flags,
     })
     cleanups.push(openSshGateway.stop)
     const quietGateway = await startGateway(ctx.workspace, {
@@ -68,12 +73,22 @@ export const latency = async (ctx: Context): Promise<void> => {
       clientKeys: [ctx.clientKey],
       logLevel: "WARNING",
       name: "gateway-warning",
+      flags,
     })
     cleanups.push(quietGateway.stop)
+    // Interleaved with the INFO gateway, so the cost of metrics is read within one run's noise.
+    const meteredGateway = await startGateway(ctx.workspace, {
+      servers: { mini: miniServer },
+      clientKeys: [ctx.clientKey],
+      name: "gateway-metrics",
+      flags: ["--metrics-port", "0"],
+    })
+    cleanups.push(meteredGateway.stop)
     const everythingGateway = await startGateway(ctx.workspace, {
       servers: { everything: everythingServer },
       clientKeys: [ctx.clientKey],
       name: "gateway-everything",
+      flags,
     })
     cleanups.push(everythingGateway.stop)
     const sshd = await ctx.sshd([{ key: ctx.clientKey, command: shellCommand(miniServer) }])
@@ -154,6 +169,14 @@ export const latency = async (ctx: Context): Promise<void> => {
       false,
       () => [quietGateway.pid],
     )
+    const gatewayMetered = add(
+      "gateway, ssh2, --metrics-port",
+      "metrics",
+      await session(() => openSsh2Session(meteredGateway, ctx.clientKey)),
+      "mini__echo",
+      false,
+      () => [meteredGateway.pid],
+    )
     const everything = spawnDirect(
       "direct pipe (server-everything)",
       everythingServer.command,
@@ -231,6 +254,13 @@ export const latency = async (ctx: Context): Promise<void> => {
     const viaOpenSshRow = compared(gatewayOpenSsh, [directPath, sshdOpenSsh, relayOpenSsh])
     const viaSsh2Row = compared(gatewaySsh2, [directPath, sshdSsh2, relaySsh2])
     compared(gatewayQuiet, [directPath, gatewaySsh2], "audit log off: the cost of one INFO line per call")
+    compared(
+      gatewayMetered,
+      [directPath, gatewaySsh2],
+      ctx.options.metrics
+        ? "metrics on in both (--metrics)"
+        : "metrics on: the cost of counting and timing each call",
+    )
     compared(everythingDirect, [], everythingServer.description)
     compared(everythingSsh2, [everythingDirect])
 

@@ -15,6 +15,8 @@ import { KeyApiLive } from "./keys/KeyApi.js"
 import { KeyStoreLive } from "./keys/KeyStore.js"
 import { DrainLive } from "./ops/Drain.js"
 import { GatewayServingLive, GatewayStatusLive } from "./ops/GatewayStatus.js"
+import { MetricsLive } from "./ops/Metrics.js"
+import { MetricsServerLive } from "./ops/MetricsServer.js"
 import { AuditLive } from "./session/Audit.js"
 import { McpSessionLive } from "./session/McpSession.js"
 import { HostKeyLive } from "./ssh/HostKey.js"
@@ -73,6 +75,10 @@ export const OpsLayer = Layer.merge(GatewayStatusLive.pipe(Layer.provideMerge(Dr
 /** `load` reads the configuration again, for reloads. */
 export const gatewayFromConfig = (config: GatewayConfigShape, load: ConfigSource["Type"]["load"]) =>
   (config.settings.runKeyServer ? GatewayWithKeyApiLayer : GatewayLayer).pipe(
+    // The metrics listener (also GET /ready) before SSH: a port in use refuses the start early.
+    Layer.provideMerge(MetricsServerLive),
     Layer.provideMerge(OpsLayer),
+    // Metrics (the no-op without --metrics-port) first: every part reports to the same registry.
+    Layer.provideMerge(MetricsLive),
     Layer.provide(Layer.merge(Layer.succeed(GatewayConfig, config), Layer.succeed(ConfigSource, { load }))),
   )

@@ -7,6 +7,7 @@ import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
+import { Metrics } from "../ops/Metrics.js"
 import type { ChildMessage, Upstream, UpstreamConnection, UpstreamOptions } from "./Upstream.js"
 
 /** What the gateway tells a child in initialize: the client's own version, capabilities and identity. */
@@ -55,6 +56,8 @@ export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout
   readonly startupTimeout: Duration.Duration
   readonly backoffBase?: Duration.Duration
   readonly backoffCap?: Duration.Duration
+  /** Who shares the child, for the metrics' `scope` label (default: session). */
+  readonly scope?: string
 }
 
 /** A child that stayed up this long is considered healthy again: its next restart starts fast. */
@@ -81,6 +84,8 @@ export const superviseChild = (
     const child: SupervisedChild = { server, state: () => state, settled: Deferred.await(firstSettled) }
     const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       Effect.annotateLogs(effect, { server: server.name })
+    const metrics = yield* Metrics
+    const scope = options.scope ?? "session"
 
     const setState = (next: ChildState) =>
       Effect.suspend(() => {
@@ -99,6 +104,10 @@ export const superviseChild = (
         outputReady: options.outputReady,
         onMessage: (connection, message) => hooks.onMessage(child, connection, message),
       })
+      yield* Effect.acquireRelease(
+        Effect.sync(() => metrics.childStarted(server.name, scope, connection.pid)),
+        (gone) => Effect.sync(gone),
+      )
       const handshake = yield* hooks.handshake
       const response = yield* connection
         .request({ jsonrpc: "2.0", id: "initialize", method: "initialize", params: { ...handshake } })
@@ -147,6 +156,8 @@ export const superviseChild = (
       let failures = 0
       while (true) {
         const outcome = yield* life.pipe(Effect.either)
+        // A life that returns ended with the child's own exit; a stop ends it by interruption.
+        if (outcome._tag === "Right") metrics.childCrashed(server.name)
         const reason =
           outcome._tag === "Left" ? outcome.left.message : `server '${server.name}' ${outcome.right.reason}`
         if (outcome._tag === "Right" && outcome.right.upMillis >= Duration.toMillis(stableAfter)) failures = 0
@@ -155,6 +166,7 @@ export const superviseChild = (
         yield* log(Effect.logWarning(`${reason}; restarting in ${Duration.format(delay)}`))
         yield* setState({ _tag: "Down", reason, retryInMillis: Duration.toMillis(delay) })
         yield* Effect.sleep(delay)
+        metrics.childRestarted(server.name)
         yield* setState({ _tag: "Starting" })
       }
     })

@@ -29,6 +29,8 @@ export type ChildMessage = JsonRpcRequest | JsonRpcNotification
 
 export interface UpstreamConnection {
   readonly name: string
+  /** The child's process id, where there is a process (the metrics read its memory). */
+  readonly pid?: number
   /**
    * Send a request and wait for the child's response (returned with the caller's id). Interrupting
    * the caller cancels the request at the child.
@@ -250,6 +252,7 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
       send,
       exited: Deferred.await(closed),
       drain,
+      pid,
     }
 
     // One reader hands every message on in the order the child wrote it: a notification the child

@@ -8,10 +8,11 @@
 import { Context, Data, Deferred, Effect, Layer, Option, Queue } from "effect"
 import { Catalog, type CatalogShape } from "../children/Catalog.js"
 import type { ConfigError } from "../errors.js"
+import { Metrics } from "../ops/Metrics.js"
 import { ConfigSource } from "./ConfigSource.js"
 import { GatewayConfig, type GatewayConfigShape } from "./GatewayConfig.js"
 import type { ServerDiff } from "./serverDiff.js"
-import { describeDiff } from "./serverDiff.js"
+import { describeDiff, isEmptyDiff } from "./serverDiff.js"
 import { type SettingKey, settingKeys } from "./settings.js"
 
 /** Every setting is read once at start (listeners, host key, limits): a reload only reports changes. */
@@ -67,6 +68,7 @@ export const ReloaderLive = Layer.scoped(
   Effect.gen(function* () {
     const running = yield* GatewayConfig
     const source = yield* ConfigSource
+    const metrics = yield* Metrics
     // Built before the servers are probed (the key API answers from the start); they come later.
     const target = yield* Deferred.make<CatalogShape>()
     const oneAtATime = yield* Effect.makeSemaphore(1)
@@ -75,6 +77,7 @@ export const ReloaderLive = Layer.scoped(
       Effect.gen(function* () {
         const next = yield* source.load
         const diff = yield* catalog.replace(next.servers)
+        metrics.reloaded(isEmptyDiff(diff) ? "unchanged" : "applied")
         const ignoredSettings = changedSettings(running, next)
         yield* Effect.logInfo(`config reloaded (${trigger}): ${describeDiff(diff)}`)
         if (ignoredSettings.length > 0) {
@@ -90,16 +93,22 @@ export const ReloaderLive = Layer.scoped(
         } satisfies ReloadOutcome
       }).pipe(
         Effect.catchTag("ConfigError", (error) =>
-          Effect.logError(
-            `config reload (${trigger}) refused; the running config stays:\n  ${problemsOf(error).join("\n  ")}`,
-          ).pipe(Effect.zipRight(Effect.fail(new ReloadFailed({ problems: problemsOf(error) })))),
+          Effect.sync(() => metrics.reloaded("failed")).pipe(
+            Effect.zipRight(
+              Effect.logError(
+                `config reload (${trigger}) refused; the running config stays:\n  ${problemsOf(error).join("\n  ")}`,
+              ),
+            ),
+            Effect.zipRight(Effect.fail(new ReloadFailed({ problems: problemsOf(error) }))),
+          ),
         ),
       )
 
     const reload = (trigger: string) =>
       Effect.flatMap(Deferred.poll(target), (attached) =>
         Option.match(attached, {
-          onNone: () => Effect.fail(stillStarting),
+          onNone: () =>
+            Effect.sync(() => metrics.reloaded("failed")).pipe(Effect.zipRight(Effect.fail(stillStarting))),
           onSome: (catalog) => oneAtATime.withPermits(1)(Effect.flatMap(catalog, (c) => apply(trigger, c))),
         }),
       )

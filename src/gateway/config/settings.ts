@@ -117,6 +117,21 @@ export const gatewaySettings = {
     default: 10,
     doc: "key API requests one address may make at once",
   },
+  metricsHost: {
+    schema: NonEmpty,
+    default: "127.0.0.1",
+    doc: "host of the Prometheus /metrics listener (a non-loopback address logs a warning)",
+  },
+  metricsPort: {
+    schema: Port,
+    default: undefined,
+    doc: "port of the Prometheus /metrics listener; no port, no listener (0 picks a free port)",
+  },
+  metricsToolLabels: {
+    schema: Schema.Boolean,
+    default: false,
+    doc: "label call metrics with the tool or prompt name too (more series)",
+  },
   loginGraceTime: { schema: Seconds, default: 30, doc: "seconds a connection may take to authenticate" },
   maxAuthTries: { schema: Count, default: 6, doc: "failed authentication attempts before disconnecting" },
   maxStartups: { schema: Count, default: 100, doc: "unauthenticated connections allowed at once" },
@@ -203,7 +218,9 @@ export interface RawSetting {
 /** Text from flags and variables is converted to the setting's type before the schema checks it. */
 const fromText = (key: SettingKey, text: string): unknown => {
   const def = gatewaySettings[key].default
-  if (typeof def === "number") {
+  // By the flag's type, not the default's: --metrics-port has no default.
+  const type = flagType(key)._tag
+  if (type === "integer" || type === "float") {
     const trimmed = text.trim()
     return trimmed !== "" && Number.isFinite(Number(trimmed)) ? Number(trimmed) : text
   }

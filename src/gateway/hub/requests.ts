@@ -6,6 +6,7 @@
  */
 import { Effect, Fiber, FiberSet, type Scope } from "effect"
 import { ErrorCode, errorResponse, type JsonRpcRequest, type JsonRpcResponse } from "../../shared/jsonRpc.js"
+import { Metrics } from "../ops/Metrics.js"
 import type { Audit } from "../session/Audit.js"
 import type { FastPath } from "./fastPath.js"
 import type { ClientIdentity, Routed } from "./types.js"
@@ -30,10 +31,13 @@ export const makeRequests = (
 ): Effect.Effect<StartRequest, never, Scope.Scope> =>
   Effect.gen(function* () {
     const run = yield* FiberSet.makeRuntime<never, void, never>()
+    const metrics = yield* Metrics
     return (request, respond) => {
       const started = Date.now()
+      const metered = metrics.callStarted()
       let settled = false
-      const record = (server: string | undefined, target: string | undefined, outcome: string) =>
+      const record = (server: string | undefined, target: string | undefined, outcome: string) => {
+        metrics.callEnded(metered, server, request.method, target, outcome)
         audit.record({
           client: client.fingerprint,
           server: server ?? "gateway",
@@ -42,6 +46,7 @@ export const makeRequests = (
           millis: Date.now() - started,
           outcome,
         })
+      }
       const finish = (routed: Routed) => {
         if (settled) return
         settled = true

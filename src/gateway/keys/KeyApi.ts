@@ -15,6 +15,8 @@ import { Context, Effect, Layer } from "effect"
 import { isLoopbackHost, urlHost } from "../../shared/net.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ListenError } from "../errors.js"
+import { Metrics } from "../ops/Metrics.js"
+import { routeLabel } from "../ops/metricLabels.js"
 import { loadSecret } from "./files.js"
 import { KeyApiDefinition } from "./keyApiDefinition.js"
 import { keyApiHandlers } from "./keyApiHandlers.js"
@@ -35,14 +37,24 @@ export interface KeyApiShape {
 export class KeyApi extends Context.Tag("mcp-ssh/KeyApi")<KeyApi, KeyApiShape>() {}
 
 /** The API's routes and middleware, built once: the handlers keep the services they were built with. */
+/** The paths the API defines: the only `route` label values besides "other". */
+const definedPaths: ReadonlySet<string> = new Set(
+  Object.values(KeyApiDefinition.groups).flatMap((group) =>
+    Object.values(group.endpoints).map((endpoint) => endpoint.path),
+  ),
+)
+
 const buildApp = (policy: KeyApiPolicy, fixedEnrollmentToken: string | undefined) =>
   Effect.gen(function* () {
+    const metrics = yield* Metrics
     const api = HttpApiBuilder.api(KeyApiDefinition).pipe(
       Layer.provide(keyApiHandlers(policy, fixedEnrollmentToken)),
       Layer.provide([JsonBodyLive, OptionalJsonBodyLive, AdminAuthLive(policy), EnrollmentGateLive(policy)]),
     )
     // One router and one middleware registry, shared by the groups, the API middleware and the app.
-    const routes = Layer.mergeAll(api, apiMiddleware(policy)).pipe(
+    const observe = (path: string, status: number) =>
+      metrics.keyApiRequest(routeLabel(definedPaths, path), status)
+    const routes = Layer.mergeAll(api, apiMiddleware(policy, observe)).pipe(
       Layer.provideMerge(Layer.merge(HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer)),
     )
     const context = yield* Layer.build(routes)

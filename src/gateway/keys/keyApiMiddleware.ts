@@ -164,7 +164,11 @@ const respond = (status: number, error: string) =>
  * limited); and this API's wording for what the framework answers itself (an unknown path, a body
  * that does not decode, a defect).
  */
-export const apiMiddleware = (policy: KeyApiPolicy) => {
+export const apiMiddleware = (
+  policy: KeyApiPolicy,
+  /** Sees every answer's path and status (the metrics). */
+  observe: (path: string, status: number) => void = () => {},
+) => {
   const buckets = new Map<string, Bucket>()
   const admit = (address: string) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) => {
@@ -188,8 +192,11 @@ export const apiMiddleware = (policy: KeyApiPolicy) => {
       const path = request.url.split("?")[0] ?? ""
       yield* HttpApp.appendPreResponseHandler((_request, response) =>
         Effect.as(
-          Effect.logDebug(`${request.method} ${path} ${response.status}`).pipe(
-            Effect.annotateLogs({ remote: remoteOf(request) }),
+          Effect.zipRight(
+            Effect.sync(() => observe(path, response.status)),
+            Effect.logDebug(`${request.method} ${path} ${response.status}`).pipe(
+              Effect.annotateLogs({ remote: remoteOf(request) }),
+            ),
           ),
           HttpServerResponse.setHeaders(response, commonHeaders),
         ),

@@ -26,6 +26,7 @@ import { forEachChunk, whenDrained, writeWithBackpressure } from "../../shared/s
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { type ClientIdentity, Hub, type HubSession } from "../hub/Hub.js"
 import { Drain, type DrainShape } from "../ops/Drain.js"
+import { Metrics, type MetricsShape } from "../ops/Metrics.js"
 
 export interface SessionChannel {
   readonly input: Readable
@@ -127,6 +128,7 @@ export const McpSessionLive = Layer.effect(
     const hub = yield* Hub
     const drain = yield* Drain
     const { settings } = yield* GatewayConfig
+    const metrics = yield* Metrics
     const maxLineBytes = settings.maxLineBytes
 
     const serve = (channel: SessionChannel, selection: ReadonlyArray<string>, client: ClientIdentity) =>
@@ -149,6 +151,7 @@ export const McpSessionLive = Layer.effect(
           return 1
         }
         const session = opened.right
+        yield* Effect.acquireRelease(Effect.sync(metrics.sessionOpened), (closed) => Effect.sync(closed))
         const inFlight = new InFlight(drain)
         // Runs before the Hub's own finalizers (finalizers run in reverse). A session ended under its
         // client (gateway shutdown, key revoked) answers every request still in progress, so no
@@ -176,6 +179,7 @@ export const McpSessionLive = Layer.effect(
           write,
           maxLineBytes,
           draining: drain.draining,
+          metrics,
         })
         const framer = new LineFramer(maxLineBytes)
         const untilEndOfInput = forEachChunk(channel.input, (chunk) =>
@@ -205,6 +209,7 @@ interface FrameContext {
   readonly write: (message: JsonRpcMessage) => void
   readonly maxLineBytes: number
   readonly draining: () => boolean
+  readonly metrics: MetricsShape
 }
 
 /** What a request gets once the gateway drains (and a session opened then, on its stderr). */
@@ -215,7 +220,7 @@ const invalidRequest = (id: JsonRpcId | null, message: string) =>
 
 /** What each line of the client does: answered at once when it is bad, else handed to the Hub. */
 const makeFrameHandler =
-  ({ session, inFlight, write, maxLineBytes, draining }: FrameContext) =>
+  ({ session, inFlight, write, maxLineBytes, draining, metrics }: FrameContext) =>
   (frame: Frame): Effect.Effect<void> => {
     if (frame._tag === "Oversized") {
       return Effect.logWarning(
@@ -258,6 +263,7 @@ const makeFrameHandler =
         } else if (inFlight.has(key)) {
           write(invalidRequest(request.id, `id ${key} is already used by a request in progress`))
         } else if (inFlight.size >= maxRequestsInFlight) {
+          metrics.callLimited()
           write(invalidRequest(request.id, `more than ${maxRequestsInFlight} requests in progress`))
         } else {
           inFlight.start(session, request, key, write)

@@ -12,6 +12,7 @@ import { ListenError } from "../errors.js"
 import type { ClientIdentity } from "../hub/Hub.js"
 import { KeyStore } from "../keys/KeyStore.js"
 import { Drain } from "../ops/Drain.js"
+import { Metrics } from "../ops/Metrics.js"
 import { McpSession } from "../session/McpSession.js"
 import { wireClient } from "./clientEvents.js"
 import { HostKey } from "./HostKey.js"
@@ -94,6 +95,7 @@ export const SshServerLive = Layer.scoped(
     const keyStore = yield* KeyStore
     const mcpSession = yield* McpSession
     const drain = yield* Drain
+    const metrics = yield* Metrics
 
     const connections = yield* FiberSet.make<void, never>()
     const runConnection = yield* FiberSet.runtime(connections)<never>()
@@ -192,9 +194,14 @@ export const SshServerLive = Layer.scoped(
         const remote = `${source}:${socket.remotePort ?? 0}`
         socket.on("error", () => {})
         yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+        yield* Effect.acquireRelease(
+          Effect.sync(() => metrics.connectionOpened(socket)),
+          (closed) => Effect.sync(closed),
+        )
         // Counted as unauthenticated from accept until login (or close).
         const admitted = startups.admit(source)
         if (typeof admitted !== "function") {
+          metrics.connectionOutcome("limited")
           return yield* Effect.logWarning(
             `refused connection: ${admitted.total} unauthenticated connections (${admitted.fromSource} from this address) at the limit`,
           )
@@ -231,6 +238,7 @@ export const SshServerLive = Layer.scoped(
             run,
             drop,
             findKey: keyStore.find,
+            authFailed: metrics.authFailed,
             authenticated: (identity) => Deferred.unsafeDone(authenticated, Exit.succeed(identity)),
             closed: () => Deferred.unsafeDone(closed, Exit.void),
             ready: uncount,
@@ -258,10 +266,12 @@ export const SshServerLive = Layer.scoped(
           Deferred.await(authenticated).pipe(Effect.map(Option.some)),
           Deferred.await(closed).pipe(Effect.as(Option.none<ClientIdentity>())),
         ).pipe(Effect.timeout(grace), Effect.option)
+        if (Option.isNone(login) || Option.isNone(login.value)) metrics.connectionOutcome("refused")
         if (Option.isNone(login)) {
           return yield* Effect.logInfo(`closed: not authenticated within ${Duration.format(grace)}`)
         }
         if (Option.isNone(login.value)) return
+        metrics.connectionOutcome("authenticated")
         uncount()
         yield* whileAuthenticated(login.value.value, closed, sessions, () => connection)
       }).pipe(Effect.scoped, Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }))

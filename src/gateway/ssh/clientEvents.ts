@@ -9,6 +9,7 @@ import { fingerprintOf } from "../../shared/publicKey.js"
 import type { AuthContext, Connection, ServerChannel } from "../../shared/ssh2.js"
 import type { GatewaySettings } from "../config/settings.js"
 import type { ClientIdentity } from "../hub/Hub.js"
+import type { AuthFailureReason } from "../ops/Metrics.js"
 import { decidePublicKey } from "./publicKeyAuth.js"
 import { wireSessionRequests } from "./sessionRequests.js"
 
@@ -32,6 +33,8 @@ export interface ClientWiring {
   /** End the connection at once, saying why. */
   readonly drop: (log: Effect.Effect<void>) => void
   readonly findKey: (blob: Buffer) => Effect.Effect<Option.Option<AuthorizedKey>>
+  /** Counts a failed attempt, by kind (for the metrics). */
+  readonly authFailed: (reason: AuthFailureReason) => void
   readonly authenticated: (identity: ClientIdentity) => void
   readonly closed: () => void
   /** The client is authenticated as far as ssh2 is concerned. */
@@ -55,8 +58,9 @@ const onError = (wiring: ClientWiring) => (error: Ssh2Error) => {
 
 const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
   let failures = 0
-  const refuse = (why: string) => {
+  const refuse = (kind: AuthFailureReason, why: string) => {
     failures++
+    wiring.authFailed(kind)
     wiring.run(Effect.logInfo(`authentication failed: ${why}`))
     if (failures >= wiring.settings.maxAuthTries) {
       wiring.run(Effect.logWarning(`disconnected after ${failures} failed authentication attempts`))
@@ -66,12 +70,15 @@ const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
   client.on("authentication", (context: AuthContext) => {
     if (context.method === "none") return context.reject(["publickey"])
     if (context.method !== "publickey") {
-      refuse(`method ${context.method} is not allowed`)
+      refuse("method", `method ${context.method} is not allowed`)
       return context.reject(["publickey"])
     }
     const decide = (found: Option.Option<AuthorizedKey>) => {
       if (found._tag === "None") {
-        refuse(`key ${context.key.algo} is not authorized (${fingerprintOf(context.key.data)})`)
+        refuse(
+          "unknown_key",
+          `key ${context.key.algo} is not authorized (${fingerprintOf(context.key.data)})`,
+        )
         return context.reject(["publickey"])
       }
       const key = found.value
@@ -85,7 +92,7 @@ const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
         key,
       )
       if (decision._tag === "Refused") {
-        refuse(decision.reason)
+        refuse(decision.signature ? "bad_signature" : "algorithm", decision.reason)
         return context.reject(["publickey"])
       }
       if (decision._tag === "Verified") {

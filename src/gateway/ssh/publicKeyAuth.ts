@@ -16,7 +16,8 @@ export interface PublicKeyAttempt {
 }
 
 export type PublicKeyDecision =
-  | { readonly _tag: "Refused"; readonly reason: string }
+  /** `signature`: the signature was checked and is wrong (else the algorithm does not fit). */
+  | { readonly _tag: "Refused"; readonly reason: string; readonly signature?: true }
   | { readonly _tag: "Acceptable" }
   | { readonly _tag: "Verified" }
 
@@ -37,5 +38,7 @@ export const decidePublicKey = (attempt: PublicKeyAttempt, key: AuthorizedKey): 
     !(parsed instanceof Error) &&
     !Array.isArray(parsed) &&
     parsed.verify(attempt.blob ?? Buffer.alloc(0), attempt.signature, attempt.hashAlgo) === true
-  return valid ? { _tag: "Verified" } : refused(`bad signature for ${key.fingerprint}`)
+  return valid
+    ? { _tag: "Verified" }
+    : { _tag: "Refused", reason: `bad signature for ${key.fingerprint}`, signature: true }
 }
