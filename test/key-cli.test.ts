@@ -166,10 +166,9 @@ describe("keys and tokens, offline", () => {
     const dead = spawn(process.execPath, ["-e", ""])
     await new Promise((resolve) => dead.once("close", resolve))
     writeFileSync(`${keysPath}.lock`, `${dead.pid} leftover\n`)
-    const started = Date.now()
+    // Success is the proof: a lock held by a live process fails the command after its 10 s deadline.
     const added = await cli(["keys", "add", ...store(), edKeyLine("after-crash@test")], { cwd: dir })
     expect(added.code).toBe(0)
-    expect(Date.now() - started).toBeLessThan(5000)
     expect(existsSync(`${keysPath}.lock`)).toBe(false)
   })
 
