@@ -3,7 +3,8 @@
  * out. Bad input is answered with a JSON-RPC error and the session goes on; requests run
  * concurrently, each cancellable by notifications/cancelled.
  *
- * One write policy: every message is written to the channel at once, in order, and whoever produces
+ * One write policy: every message is written to the channel in order, those of one turn together
+ * (coalescedWriter), and whoever produces
  * messages waits while the channel is full: this input loop before reading the client's next chunk,
  * the readers of the children's output before their next chunk (Hub, Upstream). A client that stops
  * reading thus stops everything that writes to it, and the gateway's memory stays flat.
@@ -122,6 +123,25 @@ class InFlight {
   }
 }
 
+/**
+ * Messages written in the same turn reach the channel as one write, so one SSH packet, one
+ * encryption and one syscall carry them all (answers to a burst of calls, notifications around an
+ * answer). Flushed on a microtask, before any I/O, and at the session's end.
+ */
+export const coalescedWriter = (output: Writable) => {
+  let pending = ""
+  const flush = () => {
+    const text = pending
+    pending = ""
+    if (text !== "" && !output.destroyed && !output.writableEnded) output.write(text)
+  }
+  const write = (message: JsonRpcMessage) => {
+    if (pending === "") queueMicrotask(flush)
+    pending += encodeMessage(message)
+  }
+  return { write, flush }
+}
+
 export const McpSessionLive = Layer.effect(
   McpSession,
   Effect.gen(function* () {
@@ -134,9 +154,9 @@ export const McpSessionLive = Layer.effect(
     const serve = (channel: SessionChannel, selection: ReadonlyArray<string>, client: ClientIdentity) =>
       Effect.gen(function* () {
         const output = channel.output
-        const write = (message: JsonRpcMessage) => {
-          if (!output.destroyed && !output.writableEnded) output.write(encodeMessage(message))
-        }
+        const { write, flush } = coalescedWriter(output)
+        // Registered first, so it runs last: what the other finalizers write goes out before the end.
+        yield* Effect.addFinalizer(() => Effect.sync(flush))
         const ready = whenDrained(output)
         // A session opened on a connection that was already in when the drain began: no children for it.
         if (drain.draining()) {
