@@ -67,7 +67,7 @@ export const ReloaderLive = Layer.scoped(
     const apply = (trigger: string) =>
       Effect.gen(function* () {
         const next = yield* source.load
-        const diff = yield* catalog.replace(next.servers)
+        const diff = yield* catalog.replace(next.servers, next.access)
         const ignoredSettings = changedSettings(running, next)
         yield* Effect.logInfo(`config reloaded (${trigger}): ${describeDiff(diff)}`)
         if (ignoredSettings.length > 0) {
