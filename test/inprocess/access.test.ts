@@ -122,7 +122,9 @@ describe("access policy", () => {
         .child("github")
         .received.all()
         .flatMap((message) =>
-          message.method === "tools/call" ? [(message as { params: { name: string } }).params.name] : [],
+          "method" in message && message.method === "tools/call"
+            ? [String((message.params as { name?: unknown } | undefined)?.name)]
+            : [],
         )
       expect(calledTools).toEqual(["get_issue"])
 
