@@ -207,6 +207,9 @@ describe("access policy", () => {
       expect(third.stderr()).toBe(
         "mcp-ssh: identity 'runner-7' already has 2 session(s) open, the most its access policy allows (maxSessions); close one and try again\n",
       )
+      expect(gateway.logs.all().some((line) => line.includes("refused session: identity 'runner-7'"))).toBe(
+        true,
+      )
       // Another identity, and identities without the limit, are not counted against it.
       yield* session(gateway, { identity: "runner-8", groups: ["ci"] })
       yield* session(gateway, dev)

@@ -233,7 +233,9 @@ export const HubLive = Layer.effect(
             message: `unknown server(s): ${unknown.join(", ")}; available: ${names.join(", ")}`,
           })
         }
-        yield* limits.holdSession(client.identity, access.maxSessions)
+        yield* limits
+          .holdSession(client.identity, access.maxSessions)
+          .pipe(Effect.tapError((refused) => Effect.logInfo(`refused session: ${refused.message}`)))
         return yield* openSession(selection, client, output, access)
       })
 
