@@ -1,6 +1,7 @@
 /** Composition only: the live services that make the gateway, and the logger it writes with. */
 import { Layer, Logger } from "effect"
 import { logLevelOf } from "../shared/logLevel.js"
+import { IdentityLimitsLive } from "./access/IdentityLimits.js"
 import { CatalogLive } from "./children/Catalog.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
 import { UpstreamLive } from "./children/Upstream.js"
@@ -32,7 +33,7 @@ const ServersLayer = Layer.mergeAll(ReloadTriggersLive, ReloadTargetLive).pipe(
 /** Everything below the SSH server. */
 export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
-  Layer.provide(AuditLive),
+  Layer.provide(Layer.merge(AuditLive, IdentityLimitsLive)),
   // The Catalog also tells the gateway's status how each server did at its probe.
   Layer.provideMerge(ServersLayer),
 )

@@ -14,6 +14,7 @@ import {
   type JsonRpcResponse,
 } from "../../shared/jsonRpc.js"
 import { version } from "../../shared/version.js"
+import type { AccessPolicy } from "../access/accessConfig.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
 import { diffServers, type ServerDiff } from "../config/serverDiff.js"
 import { ConfigError } from "../errors.js"
@@ -26,18 +27,33 @@ export interface ServerProfile {
   readonly instructions: string | undefined
 }
 
+/**
+ * What sessions follow: the servers and the access policy, published together so that a session
+ * never sees new servers under an old policy (which could briefly widen what it may use).
+ */
+export interface Configured {
+  readonly servers: ReadonlyArray<ChildServer>
+  /** Absent: no `access` object, everything allowed. */
+  readonly access: AccessPolicy | undefined
+}
+
 export interface CatalogShape {
   /** Profiles of the servers that could be probed; a server that failed its probe has none. */
   readonly profile: (server: string) => Option.Option<ServerProfile>
   /** The configured servers as they stand (enabled ones, in config order). */
   readonly servers: () => ReadonlyArray<ChildServer>
-  /** The configured servers now, then after each reload that changed them: sessions follow it. */
-  readonly changes: Stream.Stream<ReadonlyArray<ChildServer>>
+  /** The access policy as it stands. */
+  readonly access: () => AccessPolicy | undefined
+  /** The configured servers and policy now, then after each reload: sessions follow it. */
+  readonly changes: Stream.Stream<Configured>
   /**
-   * Adopt a new set of servers: probe those that are new, changed or unprobed, check the merged
-   * names of the whole set, then publish it. On a collision nothing changes.
+   * Adopt a new set of servers and policy: probe the servers that are new, changed or unprobed,
+   * check the merged names of the whole set, then publish both. On a collision nothing changes.
    */
-  readonly replace: (servers: ReadonlyArray<ChildServer>) => Effect.Effect<ServerDiff, ConfigError>
+  readonly replace: (
+    servers: ReadonlyArray<ChildServer>,
+    access?: AccessPolicy,
+  ) => Effect.Effect<ServerDiff, ConfigError>
   /** Why a server failed its last probe (for /health); none for a server that passed it. */
   readonly probeFailure: (server: string) => Option.Option<string>
 }
@@ -194,10 +210,10 @@ export const CatalogLive = Layer.effect(
     /** Successful probes of the servers in `current`, by name; owned by `replace` and the start. */
     let probed = new Map<string, ProbeResult>()
     let failures = new Map<string, string>()
-    let configured: ReadonlyArray<ChildServer> = []
-    const current = yield* SubscriptionRef.make<ReadonlyArray<ChildServer>>([])
+    let configured: Configured = { servers: [], access: undefined }
+    const current = yield* SubscriptionRef.make<Configured>(configured)
 
-    const adopt = (servers: ReadonlyArray<ChildServer>, diff: ServerDiff) =>
+    const adopt = (servers: ReadonlyArray<ChildServer>, access: AccessPolicy | undefined, diff: ServerDiff) =>
       Effect.gen(function* () {
         const kept = diff.unchanged.flatMap((server) => {
           const result = probed.get(server.name)
@@ -221,21 +237,24 @@ export const CatalogLive = Layer.effect(
             outcome._tag === "Left" ? [[name, outcome.left] as const] : [],
           ),
         )
-        configured = servers
-        yield* SubscriptionRef.set(current, servers)
+        configured = { servers, access }
+        yield* SubscriptionRef.set(current, configured)
         return diff
       })
 
-    yield* adopt(config.servers, diffServers([], config.servers))
+    yield* adopt(config.servers, config.access, diffServers([], config.servers))
     // One reload at a time; the Reloader serializes too, this keeps the Catalog right on its own.
     const serialized = yield* Effect.makeSemaphore(1)
     return {
       profile: (server: string) => Option.fromNullable(probed.get(server)?.profile),
-      servers: () => configured,
+      servers: () => configured.servers,
+      access: () => configured.access,
       probeFailure: (server: string) => Option.fromNullable(failures.get(server)),
       changes: current.changes,
-      replace: (servers: ReadonlyArray<ChildServer>) =>
-        serialized.withPermits(1)(Effect.suspend(() => adopt(servers, diffServers(configured, servers)))),
+      replace: (servers: ReadonlyArray<ChildServer>, access?: AccessPolicy) =>
+        serialized.withPermits(1)(
+          Effect.suspend(() => adopt(servers, access, diffServers(configured.servers, servers))),
+        ),
     } satisfies CatalogShape
   }),
 )

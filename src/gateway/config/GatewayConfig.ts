@@ -7,6 +7,7 @@ import { Config, Context, Effect, Either, Option } from "effect"
 import { errorText } from "../../shared/errorText.js"
 import { readText, statIfExists } from "../../shared/fileSystem.js"
 import { expandHome } from "../../shared/paths.js"
+import { type AccessPolicy, checkAccess, compileAccess } from "../access/accessConfig.js"
 import { ConfigError } from "../errors.js"
 import { registrationPolicyProblem } from "../keys/keyApiRules.js"
 import {
@@ -43,6 +44,8 @@ export interface GatewayConfigShape {
   readonly settings: GatewaySettings
   /** Enabled servers, in config order. */
   readonly servers: ReadonlyArray<ChildServer>
+  /** The `access` policy; absent: every identity may use everything. */
+  readonly access?: AccessPolicy
 }
 
 export class GatewayConfig extends Context.Tag("mcp-ssh/GatewayConfig")<
@@ -152,6 +155,9 @@ export const loadGatewayConfig = (
         requestTimeout: spec.timeout ?? defaultRequestTimeout,
       })
     }
+    const accessCheck =
+      file.access === undefined ? undefined : checkAccess(file.access, Object.keys(file.mcpServers))
+    problems.push(...(accessCheck?.problems ?? []))
     if (problems.length > 0) {
       return yield* Effect.fail(
         new ConfigError({ message: `${configPath}:\n${indent(problems.join("\n"))}` }),
@@ -162,7 +168,13 @@ export const loadGatewayConfig = (
         new ConfigError({ message: `${configPath}: mcpServers: no enabled server; name at least one` }),
       )
     }
-    return { configPath, settings, servers } satisfies GatewayConfigShape
+    for (const warning of accessCheck?.warnings ?? []) yield* Effect.logWarning(`${configPath}: ${warning}`)
+    return {
+      configPath,
+      settings,
+      servers,
+      ...(file.access === undefined ? {} : { access: compileAccess(file.access) }),
+    } satisfies GatewayConfigShape
   })
 
 /**

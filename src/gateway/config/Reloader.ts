@@ -76,7 +76,7 @@ export const ReloaderLive = Layer.scoped(
     const apply = (trigger: string, catalog: CatalogShape) =>
       Effect.gen(function* () {
         const next = yield* source.load
-        const diff = yield* catalog.replace(next.servers)
+        const diff = yield* catalog.replace(next.servers, next.access)
         metrics.reloaded(isEmptyDiff(diff) ? "unchanged" : "applied")
         const ignoredSettings = changedSettings(running, next)
         yield* Effect.logInfo(`config reloaded (${trigger}): ${describeDiff(diff)}`)

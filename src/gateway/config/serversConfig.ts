@@ -1,8 +1,9 @@
 /**
  * servers_config.json as one Schema: Claude-Desktop style `mcpServers`, plus an optional `gateway`
- * object with the settings of settings.ts; and what a server's child gets for its environment.
+ * object with the settings of settings.ts and an optional `access` policy; and what a server's child gets for its environment.
  */
 import { Either, ParseResult, Schema } from "effect"
+import { AccessSection } from "../access/accessConfig.js"
 import { describeIssue, settingKeys } from "./settings.js"
 
 /** Server names become prefixes of tool names (`<server>__<tool>`), so they keep to that alphabet. */
@@ -54,6 +55,8 @@ export const ServersConfigFile = Schema.Struct({
   // Names are checked on their own below: a key failing a Record's key schema reads "is unexpected".
   mcpServers: Schema.Record({ key: Schema.String, value: ServerSpec }),
   gateway: Schema.optionalWith(GatewaySection, { exact: true }),
+  /** Who may use which servers, tools and prompts (access/accessConfig.ts); absent: everyone, everything. */
+  access: Schema.optionalWith(AccessSection, { exact: true }),
   /** Editors add it; it carries no meaning here. */
   $schema: Schema.optionalWith(Schema.String, { exact: true }),
 })

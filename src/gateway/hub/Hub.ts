@@ -12,15 +12,22 @@
  * Children are per session (the original tool's model): started when the session opens, supervised
  * and restarted while it lasts, stopped with it. A config reload adds, retires or restarts a
  * session's children in place.
+ *
+ * The access policy decides the session's view (access.ts): a server the identity may not use is
+ * never started for it, and a name it may not use never enters its routing table. A reload that
+ * changes the policy changes the view in place, as it changes the servers.
  */
 import { Context, Data, Duration, Effect, Layer, Option, type Scope, Stream } from "effect"
 import type { JsonRpcNotification, JsonRpcResponse } from "../../shared/jsonRpc.js"
-import { Catalog } from "../children/Catalog.js"
+import { IdentityLimits, type SessionLimitReached } from "../access/IdentityLimits.js"
+import { resolveAccess, type SessionAccess } from "../access/sessionAccess.js"
+import { Catalog, type Configured } from "../children/Catalog.js"
 import type { ChildState, SupervisedChild } from "../children/ChildSupervisor.js"
 import { Upstream } from "../children/Upstream.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
 import { describeDiff, diffServers } from "../config/serverDiff.js"
 import { Audit } from "../session/Audit.js"
+import { makeSessionPolicy } from "./access.js"
 import { makeChangeFeed } from "./changeFeed.js"
 import { makeChildMessages } from "./childMessages.js"
 import { makeSessionChildren } from "./children.js"
@@ -58,14 +65,14 @@ export class Hub extends Context.Tag("mcp-ssh/Hub")<
   Hub,
   {
     /**
-     * Open a session over the named servers (empty: all of them); what the servers send the client
-     * goes to `output`, in order. Closing the scope ends it.
+     * Open a session over the named servers (empty: all those the client may use); what the servers
+     * send the client goes to `output`, in order. Closing the scope ends it.
      */
     readonly open: (
       selection: ReadonlyArray<string>,
       client: ClientIdentity,
       output: ClientOutput,
-    ) => Effect.Effect<HubSession, SelectionError, Scope.Scope>
+    ) => Effect.Effect<HubSession, SelectionError | SessionLimitReached, Scope.Scope>
   }
 >() {}
 
@@ -83,19 +90,42 @@ export const HubLive = Layer.effect(
     const upstream = yield* Upstream
     const catalog = yield* Catalog
     const audit = yield* Audit
+    const limits = yield* IdentityLimits
     const { settings } = config
 
-    /** The servers a session uses out of the configured ones: all, or those its command named. */
-    const selected = (selection: ReadonlyArray<string>, servers: ReadonlyArray<ChildServer>) =>
-      selection.length === 0 ? servers : servers.filter((server) => selection.includes(server.name))
+    /**
+     * The servers a session uses out of the configured ones: those its command named, else all; only
+     * those its access allows either way.
+     */
+    const selected = (
+      selection: ReadonlyArray<string>,
+      servers: ReadonlyArray<ChildServer>,
+      access: SessionAccess,
+    ) =>
+      servers.filter(
+        (server) => (selection.length === 0 || selection.includes(server.name)) && access.server(server.name),
+      )
 
-    const openSession = (selection: ReadonlyArray<string>, client: ClientIdentity, output: ClientOutput) =>
+    const openSession = (
+      selection: ReadonlyArray<string>,
+      client: ClientIdentity,
+      output: ClientOutput,
+      access: SessionAccess,
+    ) =>
       Effect.gen(function* () {
-        const servers = selected(selection, catalog.servers())
+        const servers = selected(selection, catalog.servers(), access)
         const log = (effect: Effect.Effect<void>) =>
           effect.pipe(Effect.annotateLogs({ client: client.fingerprint }))
         const protocol = new SessionProtocol()
         const routing = new RoutingTable(servers.map((server) => server.name))
+        const policy = makeSessionPolicy(access, client, limits, routing)
+        if (access.undefinedGroups.length > 0) {
+          yield* log(
+            Effect.logWarning(
+              `identity '${client.identity}' is in group(s) ${access.undefinedGroups.join(", ")} that access.groups does not define; they grant nothing`,
+            ),
+          )
+        }
         const feed = yield* makeChangeFeed(output, protocol)
         const serverRequests = yield* makeServerRequests(output, log)
         const inputRounds = yield* makeInputRounds(log)
@@ -128,7 +158,7 @@ export const HubLive = Layer.effect(
         const dispatch = makeDispatch(children, routing, lists, forward, feed)
         const lifecycle = yield* makeLifecycle({ protocol, children, dispatch, forward, feed })
         const fastPath = makeFastPath(protocol, routing, children)
-        const request = yield* makeRequests(lifecycle.route, fastPath, audit, client)
+        const request = yield* makeRequests(lifecycle.route, fastPath, audit, client, policy.refuse)
 
         const notify = (notification: JsonRpcNotification): Effect.Effect<void> => {
           if (notification.method === "notifications/initialized") return Effect.void
@@ -145,26 +175,39 @@ export const HubLive = Layer.effect(
           )
         }
 
-        // A reload changes the session's servers in place: the others, and their calls, are not touched.
-        const follow = (configured: ReadonlyArray<ChildServer>) =>
+        // A reload changes the session's servers and view in place: the others, and their calls, are
+        // not touched.
+        const follow = (configured: Configured) =>
           Effect.gen(function* () {
-            const wanted = selected(selection, configured)
+            // Names it may no longer use leave the routing table at once: from now on they are unknown.
+            const viewChanged = policy.update(configured.access)
+            const wanted = selected(selection, configured.servers, policy.current())
             const diff = diffServers(
               children.all.map((child) => child.server),
               wanted,
             )
             const change = yield* children.apply(wanted)
-            if (change.retired.length === 0 && change.started.length === 0) return
-            routing.retire(
-              change.retired.map((child) => child.server.name),
-              children.all.map((child) => child.server.name),
-            )
-            for (const child of change.retired) {
-              const state = child.state()
-              const profile = Option.getOrUndefined(catalog.profile(child.server.name))
-              feed.listsChanged(state._tag === "Ready" ? state.capabilities : (profile?.capabilities ?? {}))
+            if (change.retired.length > 0 || change.started.length > 0) {
+              routing.retire(
+                change.retired.map((child) => child.server.name),
+                children.all.map((child) => child.server.name),
+              )
+              for (const child of change.retired) {
+                const state = child.state()
+                const profile = Option.getOrUndefined(catalog.profile(child.server.name))
+                feed.listsChanged(state._tag === "Ready" ? state.capabilities : (profile?.capabilities ?? {}))
+              }
+              yield* log(Effect.logDebug(`servers reloaded for this session: ${describeDiff(diff)}`))
             }
-            yield* log(Effect.logDebug(`servers reloaded for this session: ${describeDiff(diff)}`))
+            if (viewChanged) {
+              // The tools and prompts it may use changed, even on servers it keeps.
+              const { tools, prompts } = children.mergedView().capabilities
+              feed.listsChanged({
+                ...(tools === undefined ? {} : { tools }),
+                ...(prompts === undefined ? {} : { prompts }),
+              })
+              yield* log(Effect.logInfo(`access policy changed for identity '${client.identity}'`))
+            }
           })
         yield* catalog.changes.pipe(Stream.runForEach(follow), Effect.forkScoped)
 
@@ -178,14 +221,22 @@ export const HubLive = Layer.effect(
 
     const open = (selection: ReadonlyArray<string>, client: ClientIdentity, output: ClientOutput) =>
       Effect.gen(function* () {
-        const names = catalog.servers().map((server) => server.name)
+        const access = resolveAccess(catalog.access(), client)
+        // A server the client may not use is as unknown to it as one that is not configured.
+        const names = catalog
+          .servers()
+          .map((server) => server.name)
+          .filter((name) => access.server(name))
         const unknown = selection.filter((name) => !names.includes(name))
         if (unknown.length > 0) {
           return yield* new SelectionError({
             message: `unknown server(s): ${unknown.join(", ")}; available: ${names.join(", ")}`,
           })
         }
-        return yield* openSession(selection, client, output)
+        yield* limits
+          .holdSession(client.identity, access.maxSessions)
+          .pipe(Effect.tapError((refused) => Effect.logInfo(`refused session: ${refused.message}`)))
+        return yield* openSession(selection, client, output, access)
       })
 
     return { open }

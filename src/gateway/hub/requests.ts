@@ -28,6 +28,8 @@ export const makeRequests = (
   fastPath: FastPath,
   audit: Audit["Type"],
   client: ClientIdentity,
+  /** An answer for a request refused before routing (over the identity's rate limit), else undefined. */
+  refuse: (request: JsonRpcRequest) => JsonRpcResponse | undefined = () => undefined,
 ): Effect.Effect<StartRequest, never, Scope.Scope> =>
   Effect.gen(function* () {
     const run = yield* FiberSet.makeRuntime<never, void, never>()
@@ -57,6 +59,11 @@ export const makeRequests = (
         if (settled) return
         settled = true
         record(server, target, "cancelled")
+      }
+      const refused = refuse(request)
+      if (refused !== undefined) {
+        finish({ response: refused })
+        return Effect.void
       }
       const fast = fastPath(request, finish)
       if (fast !== undefined) {

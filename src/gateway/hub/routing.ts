@@ -36,8 +36,22 @@ export class RoutingTable {
   private readonly templateOwners = new Map<string, Array<OwnedTemplate>>()
   private readonly taskOwners = new Map<string, string>()
 
+  /**
+   * Which tools and prompts the session may see (its access policy): the others are never indexed, so
+   * calling one finds no route, exactly as an unknown name, and the fast path pays nothing for it.
+   */
+  private permits: (server: string, exposed: string) => boolean = () => true
+
   /** `order`: the session's servers in config order, which decides who serves a URI two templates match. */
   constructor(private order: ReadonlyArray<string>) {}
+
+  /** The session's policy changed: forget names it may no longer use; names it gains come with the next list. */
+  restrict(permits: (server: string, exposed: string) => boolean): void {
+    this.permits = permits
+    for (const names of Object.values(this.names)) {
+      for (const [exposed, target] of names) if (!permits(target.server, exposed)) names.delete(exposed)
+    }
+  }
 
   /**
    * A reload changed the session's servers: forget what the retired ones owned (their names, URIs
@@ -94,6 +108,7 @@ export class RoutingTable {
     for (const item of items) {
       if (!isObject(item) || typeof item.name !== "string") continue
       const exposed = exposedName(server.name, server.prefix, item.name)
+      if (!this.permits(server.name, exposed)) continue
       const owner = this.names[kind].get(exposed)
       if (owner !== undefined && (owner.server !== server.name || owner.name !== item.name)) {
         hidden.push(

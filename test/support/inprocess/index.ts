@@ -22,14 +22,22 @@ import {
   Layer,
   Logger,
   Option,
+  Schema,
   type Scope,
   TestClock,
 } from "effect"
+import {
+  type AccessPolicy,
+  AccessSection,
+  checkAccess,
+  compileAccess,
+} from "../../../src/gateway/access/accessConfig.js"
+import { IdentityLimitsLive } from "../../../src/gateway/access/IdentityLimits.js"
 import { Catalog, CatalogLive } from "../../../src/gateway/children/Catalog.js"
 import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/GatewayConfig.js"
 import type { ServerDiff } from "../../../src/gateway/config/serverDiff.js"
 import { decodeSettings, type GatewaySettings } from "../../../src/gateway/config/settings.js"
-import type { ConfigError } from "../../../src/gateway/errors.js"
+import { ConfigError } from "../../../src/gateway/errors.js"
 import { type ClientIdentity, HubLive } from "../../../src/gateway/hub/Hub.js"
 import { Drain, DrainLive, type DrainShape } from "../../../src/gateway/ops/Drain.js"
 import { Audit, type AuditEntry, AuditLive } from "../../../src/gateway/session/Audit.js"
@@ -67,12 +75,22 @@ export interface InProcessOptions {
   readonly settings?: Partial<GatewaySettings>
   /** Record audit entries (gateway.audit) instead of the real audit writer. */
   readonly recordAudit?: boolean
+  /** The `access` object of servers_config.json, as JSON; checked as the real config is. */
+  readonly access?: unknown
+}
+
+/** Who a test session logs in as: an identity name and its groups (from its key or certificate). */
+export interface TestWho {
+  readonly identity: string
+  readonly groups?: ReadonlyArray<string>
 }
 
 export interface InProcessGateway {
   /** A session as an SSH channel would open it; `selection` is an exec command's server names. */
   readonly connect: (options?: {
     readonly selection?: ReadonlyArray<string>
+    /** Log in as this identity (default: testIdentity, in no group). */
+    readonly as?: TestWho
   }) => Effect.Effect<TestClient, never, Scope.Scope>
   readonly child: (name: string) => FakeChild
   /** Audit entries, when recordAudit was asked for. */
@@ -85,6 +103,7 @@ export interface InProcessGateway {
    */
   readonly reload: (
     servers: Readonly<Record<string, FakeServerScript & { readonly version?: string }>>,
+    access?: unknown,
   ) => Effect.Effect<ServerDiff, ConfigError>
   /** The gateway's drain (what SIGTERM starts), to drive it without signals. */
   readonly drain: DrainShape
@@ -97,6 +116,21 @@ export const testIdentity: ClientIdentity = {
   identity: "in-process-test",
   groups: [],
 }
+
+/** The `access` JSON as loadGatewayConfig takes it: decoded, checked against the servers, compiled. */
+const accessPolicy = (
+  raw: unknown,
+  serverKeys: ReadonlyArray<string>,
+): Effect.Effect<AccessPolicy | undefined, ConfigError> =>
+  Effect.gen(function* () {
+    if (raw === undefined) return undefined
+    const section = yield* Schema.decodeUnknown(AccessSection, { onExcessProperty: "error" })(raw).pipe(
+      Effect.mapError((error) => new ConfigError({ message: `access: ${error.message}` })),
+    )
+    const { problems } = checkAccess(section, serverKeys)
+    if (problems.length > 0) return yield* new ConfigError({ message: problems.join("\n") })
+    return compileAccess(section)
+  })
 
 /** Seconds a fake server's requests may take when its script names no timeout (the config default). */
 const defaultRequestTimeout = 60
@@ -131,17 +165,22 @@ export const startGateway = (
       requestTimeout: script.timeout ?? defaultRequestTimeout,
     })
     const servers = Object.entries(options.servers).map(([name, script]) => childServer(name, script))
+    const access = yield* accessPolicy(options.access, Object.keys(options.servers))
     const config = {
       configPath: "/in-process/servers_config.json",
       settings: settingsWith(options.settings ?? {}),
       servers,
+      ...(access === undefined ? {} : { access }),
     }
     const fakes = makeFakeUpstream(options.servers)
     const auditLayer =
       options.recordAudit === true
         ? Layer.succeed(Audit, { record: (entry: AuditEntry) => audit.push(entry) })
         : AuditLive
-    const sessionLayer = McpSessionLive.pipe(Layer.provide(HubLive), Layer.provide(auditLayer))
+    const sessionLayer = McpSessionLive.pipe(
+      Layer.provide(HubLive),
+      Layer.provide(Layer.merge(auditLayer, IdentityLimitsLive)),
+    )
     const context = yield* Layer.build(
       sessionLayer.pipe(
         Layer.provideMerge(CatalogLive),
@@ -153,7 +192,18 @@ export const startGateway = (
     const session = Context.get(context, McpSession)
     const catalog = Context.get(context, Catalog)
     return {
-      connect: (connectOptions = {}) => connectClient(session, connectOptions.selection ?? [], testIdentity),
+      connect: (connectOptions = {}) =>
+        connectClient(
+          session,
+          connectOptions.selection ?? [],
+          connectOptions.as === undefined
+            ? testIdentity
+            : {
+                ...testIdentity,
+                identity: connectOptions.as.identity,
+                groups: connectOptions.as.groups ?? [],
+              },
+        ),
       child: (name) => {
         const child = fakes.child(name)
         if (child === undefined) throw new Error(`no server '${name}' in this gateway`)
@@ -161,13 +211,17 @@ export const startGateway = (
       },
       audit,
       logs,
-      reload: (next) =>
-        catalog.replace(
-          Object.entries(next).map(([name, script]) => {
-            fakes.add(name, script)
-            return childServer(name, script)
-          }),
-        ),
+      reload: (next, nextAccess) =>
+        Effect.gen(function* () {
+          const policy = yield* accessPolicy(nextAccess, Object.keys(next))
+          return yield* catalog.replace(
+            Object.entries(next).map(([name, script]) => {
+              fakes.add(name, script)
+              return childServer(name, script)
+            }),
+            policy,
+          )
+        }),
       drain: Context.get(context, Drain),
     } satisfies InProcessGateway
   })
