@@ -13,6 +13,7 @@ import { HubLive } from "./hub/Hub.js"
 import { EnrollmentTokensLive } from "./keys/EnrollmentTokens.js"
 import { KeyApiLive } from "./keys/KeyApi.js"
 import { KeyStoreLive } from "./keys/KeyStore.js"
+import { RevokedKeysLive } from "./keys/RevokedKeys.js"
 import { AuditLive } from "./session/Audit.js"
 import { McpSessionLive } from "./session/McpSession.js"
 import { HostKeyLive } from "./ssh/HostKey.js"
@@ -36,7 +37,7 @@ export const SessionLayer = McpSessionLive.pipe(
 /** The SSH server, and beside it what the key API needs of the rest: the Catalog and the Reloader. */
 export const GatewayLayer = SshServerLive.pipe(
   Layer.provideMerge(SessionLayer),
-  Layer.provideMerge(Layer.mergeAll(HostKeyLive, KeyStoreLive)),
+  Layer.provideMerge(Layer.mergeAll(HostKeyLive, KeyStoreLive, RevokedKeysLive)),
 )
 
 /** On stderr, so stdout stays free; logfmt or JSON, every line is machine-readable. */

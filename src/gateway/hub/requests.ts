@@ -35,7 +35,7 @@ export const makeRequests = (
       let settled = false
       const record = (server: string | undefined, target: string | undefined, outcome: string) =>
         audit.record({
-          client: client.fingerprint,
+          client,
           server: server ?? "gateway",
           method: request.method,
           target,
