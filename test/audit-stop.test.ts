@@ -49,7 +49,7 @@ describe("audit lines at stop", () => {
           const audit = Context.get(context, Audit)
           for (const target of ["a", "b"]) {
             audit.record({
-              client: "SHA256:x",
+              client: { fingerprint: "SHA256:x", username: "u", address: "a", identity: "x", groups: [] },
               server: "s",
               method: "tools/call",
               target,
@@ -62,7 +62,7 @@ describe("audit lines at stop", () => {
           expect(written.join("")).toMatch(/target=a .*\n.*target=b .*\n$/)
           // Recorded after the close (a call ending last): written at once.
           audit.record({
-            client: "SHA256:x",
+            client: { fingerprint: "SHA256:x", username: "u", address: "a", identity: "x", groups: [] },
             server: "s",
             method: "tools/call",
             target: "c",

@@ -15,6 +15,8 @@ import { type ClientKey, mainScript, type ServerSpec, type Workspace } from "./w
 export interface GatewayOptions {
   readonly servers: Readonly<Record<string, ServerSpec>>
   readonly clientKeys: ReadonlyArray<ClientKey>
+  /** More authorized_keys lines, as written (e.g. a `cert-authority` line). */
+  readonly authorizedLines?: ReadonlyArray<string>
   /** Extra flags, e.g. ["--max-startups", "2000"]. */
   readonly flags?: ReadonlyArray<string>
   /** --log-level; the default (INFO, one audit line per call) is what users run and what is measured. */
@@ -64,7 +66,8 @@ const waitForPort = async (port: number, pid: number, timeoutMs: number) => {
 export const startGateway = async (workspace: Workspace, options: GatewayOptions): Promise<Gateway> => {
   const dir = workspace.subdir(options.name ?? "gateway")
   const authorizedKeysPath = join(dir, "authorized_keys")
-  writeFileSync(authorizedKeysPath, `${options.clientKeys.map((key) => key.publicLine).join("\n")}\n`)
+  const lines = [...options.clientKeys.map((key) => key.publicLine), ...(options.authorizedLines ?? [])]
+  writeFileSync(authorizedKeysPath, `${lines.join("\n")}\n`)
   await chmod(authorizedKeysPath, 0o600)
   const hostKeyPath = join(dir, "host_key")
   const configPath = join(dir, "servers_config.json")

@@ -165,3 +165,39 @@ export const spawnDirect = (label: string, command: string, args: ReadonlyArray<
   if (stdout === null || stdin === null) throw new Error("the server was started without pipes")
   return { process: child, rpc: new RpcClient(label, stdout, stdin, stderr ?? undefined) }
 }
+
+/**
+ * OpenSSH's `ssh` from process start until it is authenticated, in ms: `-N` (no session) and a
+ * LocalCommand, which ssh runs once the login succeeded, that ends it. The same client and the same
+ * process overhead for a plain key and for a certificate (`-o CertificateFile`), so their ratio is the
+ * server's difference. ssh2's client cannot log in with a certificate (it names the certificate's
+ * algorithm in the signature), which is why this one uses OpenSSH.
+ */
+export const opensshHandshake = async (
+  target: SshTarget,
+  key: ClientKey,
+  certificatePath?: string,
+): Promise<number> => {
+  const args = opensshArgs(target, key)
+  const destination = args.indexOf(`${target.username}@127.0.0.1`)
+  const start = process.hrtime.bigint()
+  const ssh = spawnTracked(`${target.label} ssh handshake`, "ssh", [
+    "-N",
+    "-o",
+    "PermitLocalCommand=yes",
+    "-o",
+    "LocalCommand=kill $PPID",
+    ...(certificatePath === undefined ? [] : ["-o", `CertificateFile=${certificatePath}`]),
+    ...args.slice(0, destination + 1),
+  ])
+  let stderr = ""
+  ssh.child.stderr?.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  await ssh.exited
+  const millis = Number(process.hrtime.bigint() - start) / 1e6
+  if (/Permission denied|Connection refused|Host key verification failed/.test(stderr)) {
+    throw new Error(`ssh to ${target.label} was not let in: ${stderr.trim()}`)
+  }
+  return millis
+}

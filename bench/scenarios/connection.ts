@@ -17,6 +17,7 @@
  * ssh2 relay, the floor for ssh2), OpenSSH `ssh -T` from process start as an MCP host runs it, and
  * the reference server (server-everything) as the child.
  */
+import { execFileSync } from "node:child_process"
 import { join } from "node:path"
 import type { Client as Ssh2Client } from "ssh2"
 import { timedEcho } from "../lib/calls.js"
@@ -26,7 +27,14 @@ import { spawnTracked, stopTracked, waitSessionsGone, within } from "../lib/proc
 import { startRelay } from "../lib/relay.js"
 import { compareP50, type Row } from "../lib/report.js"
 import { RpcClient } from "../lib/rpc.js"
-import { closeSsh2, connectSsh2, openChannel, type SshTarget, spawnOpenSsh } from "../lib/ssh.js"
+import {
+  closeSsh2,
+  connectSsh2,
+  openChannel,
+  opensshHandshake,
+  type SshTarget,
+  spawnOpenSsh,
+} from "../lib/ssh.js"
 import { elapsedMicros, now, summarize } from "../lib/stats.js"
 import { everythingServer, miniServer, repoRoot, type ServerSpec, shellCommand } from "../lib/workspace.js"
 
@@ -164,9 +172,29 @@ export const connection = async (ctx: Context): Promise<void> => {
   const { results } = ctx
   const cleanups: Array<() => Promise<void>> = []
   try {
+    // A CA (cert-authority line) and a certificate of the client key, made by ssh-keygen -s.
+    const ca = ctx.workspace.key("bench-ca")
+    const certificatePath = `${ctx.clientKey.privatePath}-cert.pub`
+    execFileSync("ssh-keygen", [
+      "-q",
+      "-s",
+      ca.privatePath,
+      "-I",
+      "bench-runner",
+      "-n",
+      "bench",
+      "-V",
+      "-5m:+1d",
+      "-z",
+      "1",
+      "-f",
+      certificatePath,
+      `${ctx.clientKey.privatePath}.pub`,
+    ])
     const gateway = await startGateway(ctx.workspace, {
       servers: { mini: miniServer },
       clientKeys: [ctx.clientKey],
+      authorizedLines: [`cert-authority,principals="bench",mcp-groups="ci" ${ca.publicLine}`],
       name: "gateway",
     })
     cleanups.push(gateway.stop)
@@ -247,6 +275,33 @@ export const connection = async (ctx: Context): Promise<void> => {
       handshakeSamples("gateway"),
       false,
       [sshdHandshake, relayHandshake],
+    )
+
+    // Handshake and authentication with an OpenSSH certificate against a plain key: OpenSSH's ssh from
+    // process start to authenticated, interleaved, same client and overhead for both.
+    const opensshCount = Math.max(5, Math.min(sizes.handshakes, 40))
+    const plainKeySamples: Array<number> = []
+    const certificateSamples: Array<number> = []
+    await opensshHandshake(gateway, ctx.clientKey)
+    await opensshHandshake(gateway, ctx.clientKey, certificatePath)
+    ctx.log(`connection: ${opensshCount} OpenSSH handshakes with a plain key and with a certificate`)
+    for (let index = 0; index < opensshCount; index++) {
+      ctx.checkTime()
+      plainKeySamples.push(await opensshHandshake(gateway, ctx.clientKey))
+      certificateSamples.push(await opensshHandshake(gateway, ctx.clientKey, certificatePath))
+    }
+    const plainKeyHandshake = row(
+      "gateway: ssh start to authenticated, plain key (OpenSSH ssh, ed25519)",
+      plainKeySamples,
+      true,
+      [],
+      "ssh -N, ended by a LocalCommand once authenticated: includes starting ssh",
+    )
+    const certificateHandshake = row(
+      "gateway: ssh start to authenticated, certificate (ssh-keygen -s, ed25519 CA)",
+      certificateSamples,
+      false,
+      [plainKeyHandshake],
     )
 
     // A new session with its child, phase by phase; interleaved direct / sshd / gateway.
@@ -365,6 +420,13 @@ export const connection = async (ctx: Context): Promise<void> => {
         `; bare ssh2 relay ${relayHandshake.p50.toFixed(2)} ms` +
         (gatewayTotal === undefined ? "" : `; TCP connect to tools/list ${gatewayTotal.p50.toFixed(1)} ms`) +
         (gatewayReady === undefined ? "" : `; child ready ${gatewayReady.p50.toFixed(1)} ms`),
+    })
+    const certificateRatio = certificateHandshake.p50 / plainKeyHandshake.p50
+    results.target({
+      scenario: "connection",
+      text: "handshake+auth with a certificate within 1.3x a plain key (same run, OpenSSH ssh)",
+      status: certificateRatio <= 1.3 ? "met" : "missed",
+      detail: `certificate ${certificateHandshake.p50.toFixed(2)} ms p50, plain key ${plainKeyHandshake.p50.toFixed(2)} ms p50: ${certificateRatio.toFixed(2)}x`,
     })
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {})

@@ -14,6 +14,7 @@ import { HubLive } from "./hub/Hub.js"
 import { EnrollmentTokensLive } from "./keys/EnrollmentTokens.js"
 import { KeyApiLive } from "./keys/KeyApi.js"
 import { KeyStoreLive } from "./keys/KeyStore.js"
+import { RevokedKeysLive } from "./keys/RevokedKeys.js"
 import { DrainLive } from "./ops/Drain.js"
 import { GatewayServingLive, GatewayStatusLive } from "./ops/GatewayStatus.js"
 import { MetricsLive } from "./ops/Metrics.js"
@@ -38,7 +39,7 @@ export const SessionLayer = McpSessionLive.pipe(
   Layer.provideMerge(ServersLayer),
 )
 
-const KeysLayer = Layer.mergeAll(HostKeyLive, KeyStoreLive)
+const KeysLayer = Layer.mergeAll(HostKeyLive, KeyStoreLive, RevokedKeysLive)
 
 /** The SSH server and what it serves; once it listens, the gateway's status says it serves. */
 const ServingLayer = GatewayServingLive.pipe(

@@ -59,6 +59,11 @@ export const gatewaySettings = {
     default: "~/.config/mcp-ssh/authorized_keys",
     doc: "authorized_keys file of the clients allowed in (a dedicated file, not ~/.ssh/authorized_keys)",
   },
+  revokedKeys: {
+    schema: NonEmpty,
+    default: undefined,
+    doc: "revoked keys and certificates, as sshd's RevokedKeys: an OpenSSH KRL (ssh-keygen -k) or a list of public keys",
+  },
   serverKey: {
     schema: NonEmpty,
     default: "~/.ssh/m2m_mcp_server_ssh_server",

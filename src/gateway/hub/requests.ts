@@ -41,7 +41,7 @@ export const makeRequests = (
       const record = (server: string | undefined, target: string | undefined, outcome: string) => {
         metrics.callEnded(metered, server, request.method, target, outcome)
         audit.record({
-          client: client.fingerprint,
+          client,
           server: server ?? "gateway",
           method: request.method,
           target,

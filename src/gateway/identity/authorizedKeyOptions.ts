@@ -84,6 +84,28 @@ const harmlessValued = new Set(["permitopen", "permitlisten", "tunnel", "environ
 const identityPattern = /^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$/
 const groupPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
 
+/** Why this is not an identity name (`mcp-identity`), or undefined when it is one. */
+export const identityNameProblem = (name: string): string | undefined =>
+  identityPattern.test(name)
+    ? undefined
+    : `'${name}' is not a name (letters, digits and . _ @ + -, at most 64)`
+
+/** Why this is not a group name (`mcp-groups`), or undefined when it is one. */
+export const groupNameProblem = (name: string): string | undefined =>
+  groupPattern.test(name) ? undefined : `'${name}' is not a group name (letters, digits and . _ -)`
+
+/**
+ * The options that give a key written by the gateway (an enrollment token's key) its identity and
+ * groups; undefined when there are none. Callers check the names first (identityNameProblem...).
+ */
+export const formatIdentityOptions = (identity: string | undefined, groups: ReadonlyArray<string>) => {
+  const options = [
+    ...(identity === undefined ? [] : [`mcp-identity="${identity}"`]),
+    ...(groups.length === 0 ? [] : [`mcp-groups="${groups.join(",")}"`]),
+  ]
+  return options.length === 0 ? undefined : options.join(",")
+}
+
 interface RawOption {
   readonly name: string
   readonly value: string | undefined
@@ -215,18 +237,16 @@ export const parseKeyOptions = (text: string | undefined): Either.Either<KeyLine
       }
       case "mcp-identity": {
         if (once(identity)) return skip(givenName, "is given twice")
-        if (!identityPattern.test(value ?? "")) {
-          return skip(givenName, `'${value}' is not a name (letters, digits and . _ @ + -, at most 64)`)
-        }
+        const problem = identityNameProblem(value ?? "")
+        if (problem !== undefined) return skip(givenName, problem)
         identity = value
         break
       }
       case "mcp-groups": {
         if (once(groups)) return skip(givenName, "is given twice")
         const list = splitList(value ?? "")
-        const bad = list.find((group) => !groupPattern.test(group))
-        if (bad !== undefined)
-          return skip(givenName, `'${bad}' is not a group name (letters, digits and . _ -)`)
+        const bad = list.find((group) => groupNameProblem(group) !== undefined)
+        if (bad !== undefined) return skip(givenName, groupNameProblem(bad) ?? "")
         groups = [...new Set(list)]
         break
       }
@@ -271,6 +291,8 @@ export type AuthorizedLine =
       readonly kind: "key"
       readonly line: number
       readonly key: PublicKey
+      /** The options as written, undefined when the line has none. */
+      readonly optionsText: string | undefined
       readonly options: KeyLineOptions
       readonly identity: Identity
     }
@@ -279,6 +301,7 @@ export type AuthorizedLine =
       readonly line: number
       /** The CA's public key; certificates it signed are trusted through this line. */
       readonly key: PublicKey
+      readonly optionsText: string | undefined
       readonly options: KeyLineOptions
     }
 
@@ -351,9 +374,17 @@ export const parseAuthorizedKeyLine = (
   if (Either.isLeft(options)) return skipped(options.left.message)
   const key = parsePublicKey(split.rest)
   if (isKeyProblem(key)) return skipped(key.reason)
+  const optionsText = split.options
   return options.right.certAuthority
-    ? { kind: "cert-authority", line, key, options: options.right }
-    : { kind: "key", line, key, options: options.right, identity: keyLineIdentity(key, options.right) }
+    ? { kind: "cert-authority", line, key, optionsText, options: options.right }
+    : {
+        kind: "key",
+        line,
+        key,
+        optionsText,
+        options: options.right,
+        identity: keyLineIdentity(key, options.right),
+      }
 }
 
 export interface AuthorizedLines {

@@ -263,8 +263,14 @@ export const verifyCertificateUserauth = (
   )
 }
 
-/** The plain signature algorithm a userauth request with this certificate algorithm must carry. */
-const userauthSignatureAlgorithm = (certAlgorithm: string, requestAlgorithm: string): string | undefined => {
+/**
+ * The plain signature algorithm a userauth request with this certificate algorithm must carry;
+ * undefined when the request's algorithm does not fit the certificate at all.
+ */
+export const userauthSignatureAlgorithm = (
+  certAlgorithm: string,
+  requestAlgorithm: string,
+): string | undefined => {
   if (certAlgorithm === "ssh-rsa-cert-v01@openssh.com") {
     if (requestAlgorithm === "rsa-sha2-256-cert-v01@openssh.com") return "rsa-sha2-256"
     if (requestAlgorithm === "rsa-sha2-512-cert-v01@openssh.com") return "rsa-sha2-512"

@@ -19,6 +19,7 @@ import {
   pruneExpired,
   redeemToken,
   type TokenCheck,
+  type TokenIdentity,
   type TokenRecord,
 } from "./tokens.js"
 
@@ -28,6 +29,7 @@ export interface IssuedToken {
   readonly id: string
   readonly uses: number
   readonly expiresAt: string
+  readonly identity: TokenIdentity
 }
 
 export interface EnrollmentTokensShape {
@@ -35,6 +37,8 @@ export interface EnrollmentTokensShape {
   readonly create: (options: {
     readonly uses: number
     readonly ttlSeconds: number
+    /** Checked already (checkTokenIdentity). */
+    readonly identity?: TokenIdentity | undefined
   }) => Effect.Effect<IssuedToken, StoreError>
   /** May this token register this key? Counts nothing. */
   readonly check: (token: string, fingerprint: string) => Effect.Effect<TokenCheck, StoreError>
@@ -91,7 +95,7 @@ export const EnrollmentTokensLive = Layer.effect(
 
     return {
       path,
-      create: ({ uses, ttlSeconds }) =>
+      create: ({ uses, ttlSeconds, identity }) =>
         keyStore.withWriteLock(
           Effect.gen(function* () {
             const token = formatToken(randomBytes(32))
@@ -101,12 +105,23 @@ export const EnrollmentTokensLive = Layer.effect(
               uses,
               ttlSeconds,
               now: yield* now,
+              identity,
             })
             yield* write([...pruneExpired(yield* read, yield* now), record])
+            const names = [
+              ...(record.identity === undefined ? [] : [`identity ${record.identity}`]),
+              ...(record.groups === undefined ? [] : [`groups ${record.groups.join(",")}`]),
+            ]
             yield* Effect.logInfo(
-              `created enrollment token ${record.id} (${uses} use(s), until ${record.expires_at})`,
+              `created enrollment token ${record.id} (${uses} use(s), until ${record.expires_at}${names.map((name) => `, ${name}`).join("")})`,
             )
-            return { token, id: record.id, uses, expiresAt: record.expires_at }
+            return {
+              token,
+              id: record.id,
+              uses,
+              expiresAt: record.expires_at,
+              identity: { identity: record.identity, groups: record.groups ?? [] },
+            }
           }),
         ),
       check: (token, fingerprint) =>

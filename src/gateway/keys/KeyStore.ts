@@ -28,18 +28,25 @@ import { GatewayConfig } from "../config/GatewayConfig.js"
 import { StoreError } from "../errors.js"
 import { appendKey, readStoredKeys, removeKey, type StoredKey } from "./authorizedKeysFile.js"
 import { lockFile, readTextIfExists, writeFileAtomic } from "./files.js"
-import { forget, type LoadState, settle, unread } from "./keyLoads.js"
+import { forget, type LoadState, type Snapshot, settle, unread } from "./keyLoads.js"
 
 export interface KeyStoreShape {
   readonly path: string
   /** The keys, with when and how each was added when the gateway added it. */
   readonly list: Effect.Effect<ReadonlyArray<StoredKey>>
-  /** The authorized key with exactly this blob, if any. */
-  readonly find: (blob: Buffer) => Effect.Effect<Option.Option<AuthorizedKey>>
+  /** The authorized key with exactly this blob, if any (key lines only: a CA line is no key). */
+  readonly find: (blob: Buffer) => Effect.Effect<Option.Option<StoredKey>>
+  /** The cert-authority lines of the CA with exactly this blob, in file order. */
+  readonly findAuthority: (blob: Buffer) => Effect.Effect<ReadonlyArray<StoredKey>>
+  /** The file as last loaded (re-read when it changed): every line in effect, and whether it was usable. */
+  readonly snapshot: Effect.Effect<Snapshot>
   /** Whether the file holds this key now, read afresh (for decisions taken under the write lock). */
   readonly contains: (blob: Buffer) => Effect.Effect<boolean, StoreError>
-  /** Add the key unless it is there already; true when it was added. */
-  readonly add: (key: PublicKey, source: string) => Effect.Effect<boolean, StoreError>
+  /**
+   * Add the key unless it is there already; true when it was added. `options` (the gateway's own,
+   * e.g. an enrollment token's `mcp-identity`) are written before it.
+   */
+  readonly add: (key: PublicKey, source: string, options?: string) => Effect.Effect<boolean, StoreError>
   /** Remove every line of the key with this fingerprint; the number of lines removed. */
   readonly revoke: (fingerprint: string) => Effect.Effect<number, StoreError>
   /**
@@ -54,17 +61,23 @@ export interface KeyStoreShape {
 export class KeyStore extends Context.Tag("mcp-ssh/KeyStore")<KeyStore, KeyStoreShape>() {}
 
 /** Compares every key, whatever matches first, so timing does not tell which keys are present. */
-export const findByBlob = (
-  keys: ReadonlyArray<AuthorizedKey>,
+export const findByBlob = <K extends AuthorizedKey>(keys: ReadonlyArray<K>, blob: Buffer): Option.Option<K> =>
+  Option.fromNullable(allByBlob(keys, blob)[0])
+
+/** Every line with this blob, in file order; every line is compared, as in findByBlob. */
+export const allByBlob = <K extends AuthorizedKey>(
+  keys: ReadonlyArray<K>,
   blob: Buffer,
-): Option.Option<AuthorizedKey> => {
-  let found: AuthorizedKey | undefined
+): ReadonlyArray<K> => {
+  const found: Array<K> = []
   for (const key of keys) {
-    const same = key.blob.length === blob.length && timingSafeEqual(key.blob, blob)
-    if (same && found === undefined) found = key
+    if (key.blob.length === blob.length && timingSafeEqual(key.blob, blob)) found.push(key)
   }
-  return Option.fromNullable(found)
+  return found
 }
+
+const keyLines = (keys: ReadonlyArray<StoredKey>) => keys.filter((key) => key.kind === "key")
+const authorityLines = (keys: ReadonlyArray<StoredKey>) => keys.filter((key) => key.kind === "cert-authority")
 
 export const makeFileKeyStore = (configuredPath: string) =>
   Effect.gen(function* () {
@@ -107,6 +120,11 @@ export const makeFileKeyStore = (configuredPath: string) =>
         for (const problem of parsed.problems) {
           yield* Effect.logWarning(`${path}:${problem.line}: ignored: ${problem.reason}`)
         }
+        for (const key of parsed.keys) {
+          for (const warning of key.keyOptions.warnings) {
+            yield* Effect.logWarning(`${path}:${key.line}: ${warning}`)
+          }
+        }
         yield* Effect.logInfo(`loaded ${parsed.keys.length} authorized key(s) from ${path}`)
         return settle(previous, version, parsed.keys, true)
       })
@@ -116,7 +134,8 @@ export const makeFileKeyStore = (configuredPath: string) =>
      * of an older file never lands after a newer one and brings back keys, or removals, already gone.
      */
     const refresh = SynchronizedRef.updateAndGetEffect(state, load)
-    const current = Effect.map(refresh, ({ snapshot }) => snapshot.keys)
+    const snapshot = Effect.map(refresh, (loaded) => loaded.snapshot)
+    const current = Effect.map(snapshot, (loaded) => loaded.keys)
 
     // --- write side
     const semaphore = yield* Effect.makeSemaphore(1)
@@ -156,14 +175,17 @@ export const makeFileKeyStore = (configuredPath: string) =>
 
     const revokedKeys = yield* PubSub.unbounded<string>()
 
-    const add = (key: PublicKey, source: string) =>
+    const add = (key: PublicKey, source: string, options?: string) =>
       withWriteLock(
         Effect.gen(function* () {
           const now = yield* Clock.currentTimeMillis
-          const edit = appendKey(yield* readForEdit, key, { addedAt: new Date(now).toISOString(), source })
+          const metadata = { addedAt: new Date(now).toISOString(), source }
+          const edit = appendKey(yield* readForEdit, key, metadata, options)
           if (!edit.added) return false
           yield* writeFileAtomic(path, edit.content)
-          yield* Effect.logInfo(`added key ${key.fingerprint} (${key.type}) from ${source}`)
+          yield* Effect.logInfo(
+            `added key ${key.fingerprint} (${key.type}) from ${source}${options === undefined ? "" : ` with ${options}`}`,
+          )
           return true
         }),
       )
@@ -224,7 +246,9 @@ export const makeFileKeyStore = (configuredPath: string) =>
     return {
       path,
       list: current,
-      find: (blob) => Effect.map(current, (keys) => findByBlob(keys, blob)),
+      find: (blob) => Effect.map(current, (keys) => findByBlob(keyLines(keys), blob)),
+      findAuthority: (blob) => Effect.map(current, (keys) => allByBlob(authorityLines(keys), blob)),
+      snapshot,
       contains,
       add,
       revoke,

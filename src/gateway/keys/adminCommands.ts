@@ -16,7 +16,7 @@ import { keyListing } from "./authorizedKeysFile.js"
 import { EnrollmentTokens } from "./EnrollmentTokens.js"
 import { KeyStore } from "./KeyStore.js"
 import { keyAdminFromConfig, keyAdminLogger } from "./layers.js"
-import { checkUses, defaultTtl, parseTtl } from "./tokens.js"
+import { checkTokenIdentity, checkUses, defaultTtl, parseTtl } from "./tokens.js"
 
 const storeOptions = {
   authorizedClients: Options.text("authorized-clients").pipe(
@@ -92,11 +92,15 @@ const listCommand = Command.make(
         const rows = keys.map((key) => [
           key.fingerprint,
           key.type,
+          key.kind === "cert-authority" ? "(cert-authority)" : (key.identity?.name ?? "-"),
+          `groups=${(key.identity?.groups ?? key.keyOptions.groups).join(",") || "-"}`,
           key.comment === "" ? "-" : key.comment,
           key.addedAt ?? "-",
           key.source ?? "(added by hand)",
         ])
-        const widths = [0, 1, 2, 3].map((column) => Math.max(...rows.map((row) => row[column]?.length ?? 0)))
+        const widths = [0, 1, 2, 3, 4, 5].map((column) =>
+          Math.max(...rows.map((row) => row[column]?.length ?? 0)),
+        )
         for (const row of rows) {
           yield* Console.log(
             row
@@ -178,15 +182,29 @@ const createTokenCommand = Command.make(
       Options.withDescription("lifetime: 90s, 10m, 12h, 7d"),
       Options.withDefault(defaultTtl),
     ),
+    identity: Options.text("identity").pipe(
+      Options.withDescription(
+        "the identity of the keys it registers (written as mcp-identity on their line)",
+      ),
+      Options.optional,
+    ),
+    groups: Options.text("groups").pipe(
+      Options.withDescription("their groups, comma-separated (written as mcp-groups)"),
+      Options.optional,
+    ),
   },
   (options) =>
     withStore(
       options,
       Effect.gen(function* () {
-        const check = Either.all([checkUses(options.uses), parseTtl(options.ttl)])
+        const check = Either.all([
+          checkUses(options.uses),
+          parseTtl(options.ttl),
+          checkTokenIdentity(Option.getOrUndefined(options.identity), Option.getOrUndefined(options.groups)),
+        ])
         if (Either.isLeft(check)) return yield* new ConfigError({ message: check.left })
-        const [uses, ttlSeconds] = check.right
-        const issued = yield* (yield* EnrollmentTokens).create({ uses, ttlSeconds })
+        const [uses, ttlSeconds, identity] = check.right
+        const issued = yield* (yield* EnrollmentTokens).create({ uses, ttlSeconds, identity })
         // The token alone on stdout, so TOKEN=$(mcp-ssh-server tokens create) works.
         yield* Console.log(issued.token)
         yield* Console.error(

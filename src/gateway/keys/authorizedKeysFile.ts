@@ -13,6 +13,12 @@ import {
   type PublicKey,
   parseAuthorizedKeys,
 } from "../../shared/publicKey.js"
+import {
+  type Identity,
+  type KeyLineOptions,
+  parseAuthorizedKeyLines,
+  type SkippedLine,
+} from "../identity/authorizedKeyOptions.js"
 
 export interface KeyMetadata {
   /** ISO 8601. */
@@ -21,7 +27,13 @@ export interface KeyMetadata {
   readonly source: string
 }
 
+/** A line of the file in effect: a key, or a CA whose user certificates are trusted (`cert-authority`). */
 export interface StoredKey extends AuthorizedKey {
+  readonly kind: "key" | "cert-authority"
+  /** The options as parsed (`options` is their text as written). */
+  readonly keyOptions: KeyLineOptions
+  /** Who logs in with this key; undefined for a CA line, whose certificates name their holder. */
+  readonly identity: Identity | undefined
   readonly addedAt: string | undefined
   readonly source: string | undefined
 }
@@ -31,6 +43,10 @@ export const keyListing = (key: StoredKey) => ({
   fingerprint: key.fingerprint,
   type: key.type,
   comment: key.comment,
+  kind: key.kind,
+  identity: key.identity?.name ?? null,
+  groups: key.identity?.groups ?? key.keyOptions.groups,
+  principals: key.keyOptions.principals ?? null,
   added_at: key.addedAt ?? null,
   source: key.source ?? null,
   options: key.options ?? null,
@@ -57,41 +73,54 @@ const readMetadata = (line: string): (KeyMetadata & { readonly fingerprint: stri
   }
 }
 
-/** The keys of the file (as parseAuthorizedKeys finds them) with their metadata, when there is some. */
+/**
+ * The lines of the file in effect (keys and cert-authority lines, with their options) and their
+ * metadata, when there is some. A line whose options cannot all be honoured is a problem, not a key.
+ */
 export const readStoredKeys = (
   content: string,
 ): {
   readonly keys: ReadonlyArray<StoredKey>
-  readonly problems: ReturnType<typeof parseAuthorizedKeys>["problems"]
+  readonly problems: ReadonlyArray<SkippedLine>
 } => {
-  const parsed = parseAuthorizedKeys(content)
+  const parsed = parseAuthorizedKeyLines(content)
   const metadata = new Map<string, KeyMetadata>()
   for (const line of content.split("\n")) {
     const found = readMetadata(line)
     if (found !== undefined && !metadata.has(found.fingerprint)) metadata.set(found.fingerprint, found)
   }
   return {
-    keys: parsed.keys.map((key) => ({
-      ...key,
-      addedAt: metadata.get(key.fingerprint)?.addedAt,
-      source: metadata.get(key.fingerprint)?.source,
+    keys: parsed.lines.map((line) => ({
+      ...line.key,
+      kind: line.kind,
+      options: line.optionsText,
+      keyOptions: line.options,
+      identity: line.kind === "key" ? line.identity : undefined,
+      line: line.line,
+      addedAt: metadata.get(line.key.fingerprint)?.addedAt,
+      source: metadata.get(line.key.fingerprint)?.source,
     })),
-    problems: parsed.problems,
+    problems: parsed.skipped,
   }
 }
 
-/** Append the key with its metadata, unless a line with the same key (blob) is there already. */
+/**
+ * Append the key with its metadata, unless a line with the same key (blob) is there already.
+ * `options` is written before the key as it is: only the gateway's own options come here (a submitted
+ * key never brings any).
+ */
 export const appendKey = (
   content: string,
   key: PublicKey,
   metadata: KeyMetadata,
+  options?: string,
 ): { readonly content: string; readonly added: boolean } => {
   if (parseAuthorizedKeys(content).keys.some((existing) => existing.blob.equals(key.blob))) {
     return { content, added: false }
   }
   const base = content === "" || content.endsWith("\n") ? content : `${content}\n`
   return {
-    content: `${base}${metadataLine(key.fingerprint, metadata)}\n${formatPublicKey(key)}\n`,
+    content: `${base}${metadataLine(key.fingerprint, metadata)}\n${options === undefined ? "" : `${options} `}${formatPublicKey(key)}\n`,
     added: true,
   }
 }

@@ -120,6 +120,17 @@ const Key = Schema.Struct({
     description: "how the key was added; null for lines added by hand",
   }),
   options: Schema.NullOr(Schema.String),
+  kind: Schema.Literal("key", "cert-authority").annotations({
+    description: "cert-authority: a CA whose user certificates may log in",
+  }),
+  identity: Schema.NullOr(Schema.String).annotations({
+    description:
+      "who logs in with this key (mcp-identity, else its comment, else its fingerprint); null for a CA",
+  }),
+  groups: Schema.Array(Schema.String).annotations({ description: "mcp-groups" }),
+  principals: Schema.NullOr(Schema.Array(Schema.String)).annotations({
+    description: "principals= of a cert-authority line",
+  }),
 }).annotations({ identifier: "Key" })
 
 const KeyList = Schema.Struct({ keys: Schema.Array(Key) }).annotations({ identifier: "KeyList" })
@@ -147,6 +158,8 @@ const TokenResponse = Schema.Struct({
   id: Schema.String,
   uses: Schema.Int,
   expires_at: Schema.String,
+  identity: Schema.NullOr(Schema.String),
+  groups: Schema.Array(Schema.String),
 }).annotations({ identifier: "TokenResponse" })
 
 // --- endpoints

@@ -3,12 +3,13 @@
  * key and the SSH server's address. Bodies arrive decoded; refusals are this API's schema classes.
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
-import { Effect, Layer, Schema } from "effect"
+import { Effect, Either, Layer, Schema } from "effect"
 import type { PublicKey } from "../../shared/publicKey.js"
 import { version } from "../../shared/version.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Reloader } from "../config/Reloader.js"
 import type { StoreError } from "../errors.js"
+import { formatIdentityOptions } from "../identity/authorizedKeyOptions.js"
 import { GatewayStatus } from "../ops/GatewayStatus.js"
 import { HostKey } from "../ssh/HostKey.js"
 import { keyListing } from "./authorizedKeysFile.js"
@@ -29,7 +30,7 @@ import {
   RequestBody,
   TokenRequest,
 } from "./keyApiSchemas.js"
-import { secretsEqual } from "./tokens.js"
+import { checkTokenIdentity, secretsEqual } from "./tokens.js"
 
 /** A store that cannot be read or written is the server's problem: logged, and a 500 for the client. */
 const storeFailure = (error: StoreError) =>
@@ -84,6 +85,7 @@ const EnrollmentLive = (policy: KeyApiPolicy, fixedEnrollmentToken: string | und
               fixedEnrollmentToken !== undefined &&
               secretsEqual(token, fixedEnrollmentToken)
             let source = `register ${remote}`
+            let options: string | undefined
             if (policy.mode === "token" && !fixed) {
               const check = yield* tokens.redeem(token ?? "", key.fingerprint, !present)
               if (check._tag === "Rejected") {
@@ -93,10 +95,12 @@ const EnrollmentLive = (policy: KeyApiPolicy, fixedEnrollmentToken: string | und
                 return yield* Effect.fail(new Forbidden({ error: check.reason }))
               }
               source = `${source} token=${check.id}`
+              // The token, not the client, says who the key is: a submitted key never carries options.
+              options = formatIdentityOptions(check.identity.identity, check.identity.groups)
             } else if (fixed) {
               source = `${source} fixed-token`
             }
-            return present ? false : yield* keyStore.add(key, source)
+            return present ? false : yield* keyStore.add(key, source, options)
           }),
         )
 
@@ -167,8 +171,19 @@ const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
             const body = yield* decodeTokenRequest(yield* RequestBody).pipe(
               Effect.mapError((error) => new BadRequest({ error: decodeProblem(error) })),
             )
-            const issued = yield* tokens.create({ uses: body.uses, ttlSeconds: body.ttl })
-            return { token: issued.token, id: issued.id, uses: issued.uses, expires_at: issued.expiresAt }
+            const identity = yield* Either.match(checkTokenIdentity(body.identity, body.groups), {
+              onLeft: (problem) => Effect.fail(new BadRequest({ error: problem })),
+              onRight: Effect.succeed,
+            })
+            const issued = yield* tokens.create({ uses: body.uses, ttlSeconds: body.ttl, identity })
+            return {
+              token: issued.token,
+              id: issued.id,
+              uses: issued.uses,
+              expires_at: issued.expiresAt,
+              identity: issued.identity.identity ?? null,
+              groups: issued.identity.groups,
+            }
           }).pipe(Effect.catchTag("StoreError", storeFailure)),
         )
     )

@@ -242,6 +242,18 @@ const defaultTtlSeconds = Either.getOrElse(parseTtl(defaultTtl), () => 3600)
 export const TokenRequest = Schema.Struct({
   uses: Schema.optionalWith(Uses, { default: () => 1 }),
   ttl: Schema.optionalWith(Ttl, { default: () => defaultTtlSeconds }),
+  identity: Schema.optional(
+    Schema.String.annotations({
+      description: "written as mcp-identity on the line of each key it registers",
+      message: () => "identity must be a string",
+    }),
+  ),
+  groups: Schema.optional(
+    Schema.Union(Schema.Array(Schema.String), Schema.String).annotations({
+      description: 'written as mcp-groups on the line of each key it registers: ["ci"] or "ci,deploy"',
+      message: () => "groups must be a list of strings or a comma-separated string",
+    }),
+  ),
 }).annotations({ identifier: "TokenRequest", message: notAnObject })
 
 /** The reason a body was refused: the first problem, as its schema words it. */

@@ -6,6 +6,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto"
 import { Either, ParseResult, Schema } from "effect"
+import { groupNameProblem, identityNameProblem } from "../identity/authorizedKeyOptions.js"
 
 export const tokenPrefix = "mcpssh_"
 export const maxUses = 10_000
@@ -33,6 +34,9 @@ const TokenRecordSchema = Schema.Struct({
   expires_at: Schema.String,
   /** Keys registered with this token, so a client retrying after a lost answer gets the same answer. */
   used_by: Schema.Array(Schema.String),
+  /** Written as `mcp-identity` / `mcp-groups` on the line of each key it registers. */
+  identity: Schema.optional(Schema.String),
+  groups: Schema.optional(Schema.Array(Schema.String)),
 })
 export type TokenRecord = typeof TokenRecordSchema.Type
 
@@ -71,12 +75,37 @@ export const checkUses = (uses: number): Either.Either<number, string> =>
     ? Either.right(uses)
     : Either.left(`uses must be a whole number from 1 to ${maxUses}`)
 
+/** The identity and groups a token gives the keys it registers (none: the key's comment names it). */
+export interface TokenIdentity {
+  readonly identity: string | undefined
+  readonly groups: ReadonlyArray<string>
+}
+
+/** Names as `mcp-identity` / `mcp-groups` take them; groups may come as a list or "a,b". */
+export const checkTokenIdentity = (
+  identity: string | undefined,
+  groups: ReadonlyArray<string> | string | undefined,
+): Either.Either<TokenIdentity, string> => {
+  const list =
+    groups === undefined
+      ? []
+      : (typeof groups === "string" ? groups.split(",") : groups).map((group) => group.trim())
+  const identityProblem = identity === undefined ? undefined : identityNameProblem(identity)
+  if (identityProblem !== undefined) return Either.left(`identity: ${identityProblem}`)
+  for (const group of list) {
+    const problem = groupNameProblem(group)
+    if (problem !== undefined) return Either.left(`groups: ${problem}`)
+  }
+  return Either.right({ identity, groups: [...new Set(list)] })
+}
+
 export const newRecord = (options: {
   readonly id: string
   readonly token: string
   readonly uses: number
   readonly ttlSeconds: number
   readonly now: Date
+  readonly identity?: TokenIdentity | undefined
 }): TokenRecord => ({
   id: options.id,
   sha256: hashToken(options.token),
@@ -85,10 +114,20 @@ export const newRecord = (options: {
   created_at: options.now.toISOString(),
   expires_at: new Date(options.now.getTime() + options.ttlSeconds * 1000).toISOString(),
   used_by: [],
+  ...(options.identity?.identity === undefined ? {} : { identity: options.identity.identity }),
+  ...(options.identity === undefined || options.identity.groups.length === 0
+    ? {}
+    : { groups: options.identity.groups }),
 })
 
 export type TokenCheck =
-  | { readonly _tag: "Accepted"; readonly id: string; readonly alreadyUsedForThisKey: boolean }
+  | {
+      readonly _tag: "Accepted"
+      readonly id: string
+      readonly alreadyUsedForThisKey: boolean
+      /** What the token says the key's line must carry. */
+      readonly identity: TokenIdentity
+    }
   | { readonly _tag: "Rejected"; readonly reason: string }
 
 const isExpired = (record: TokenRecord, now: Date): boolean => Date.parse(record.expires_at) <= now.getTime()
@@ -119,7 +158,12 @@ export const checkToken = (
   if (record.uses_left <= 0 && !again) {
     return { _tag: "Rejected", reason: "the enrollment token has no uses left" }
   }
-  return { _tag: "Accepted", id: record.id, alreadyUsedForThisKey: again }
+  return {
+    _tag: "Accepted",
+    id: record.id,
+    alreadyUsedForThisKey: again,
+    identity: { identity: record.identity, groups: record.groups ?? [] },
+  }
 }
 
 /**

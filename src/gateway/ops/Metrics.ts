@@ -10,7 +10,14 @@ import { Context, Data, Effect, Layer } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 
 export type ConnectionOutcome = "authenticated" | "refused" | "limited"
-export type AuthFailureReason = "method" | "unknown_key" | "algorithm" | "bad_signature"
+export type AuthFailureReason =
+  | "method"
+  | "unknown_key"
+  | "algorithm"
+  | "bad_signature"
+  | "revoked"
+  | "key_options"
+  | "certificate"
 export type ReloadOutcome = "applied" | "unchanged" | "failed"
 
 /** What a connection has moved so far (a net.Socket). */

@@ -3,6 +3,7 @@
  * client can influence is bounded here: an attacker must not be able to grow the series (and the
  * gateway's memory) without end.
  */
+import type { AuthFailureReason } from "./Metrics.js"
 
 /** The client-to-server requests of MCP (2025-06-18 to 2026-07-28); any other method is "other". */
 export const knownCallMethods: ReadonlySet<string> = new Set([
@@ -72,4 +73,14 @@ export const routeLabel = (knownPaths: ReadonlySet<string>, url: string): string
 export const residentBytes = (status: string): number | undefined => {
   const match = /^VmRSS:\s+(\d+)\s+kB$/m.exec(status)
   return match?.[1] === undefined ? undefined : Number(match[1]) * 1024
+}
+
+/** A login refusal's fixed code (loginDecision.ts) as the few reasons the metrics count. */
+export const authFailureReason = (code: string): AuthFailureReason => {
+  if (code === "bad signature") return "bad_signature"
+  if (code === "algorithm" || code === "certificate algorithm mismatch") return "algorithm"
+  if (code === "revoked" || code === "revoked keys unusable") return "revoked"
+  if (code.startsWith("key line")) return "key_options"
+  if (code.startsWith("certificate")) return "certificate"
+  return "unknown_key"
 }

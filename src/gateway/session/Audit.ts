@@ -1,13 +1,15 @@
 /**
- * One audit line per call: who (key fingerprint), which server, method and target, how long, and the
- * outcome; never arguments or results. Written synchronously in logfmt like the rest of the log, as it
- * sits on every call's path and a fiber per line would cost more than the call.
+ * One audit line per call: who (key fingerprint, identity and groups; for a certificate its serial and
+ * CA), which server, method and target, how long, and the outcome; never arguments or results. Written
+ * synchronously in logfmt like the rest of the log, as it sits on every call's path and a fiber per
+ * line would cost more than the call.
  */
 import { Context, Effect, Layer } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.js"
+import type { ClientIdentity } from "../hub/types.js"
 
 export interface AuditEntry {
-  readonly client: string
+  readonly client: ClientIdentity
   readonly server: string
   readonly method: string
   readonly target: string | undefined
@@ -24,13 +26,30 @@ export class Audit extends Context.Tag("mcp-ssh/Audit")<
 export const logfmtValue = (value: string): string =>
   /^[^\s="\\]+$/.test(value) ? value : JSON.stringify(value)
 
+/** The who of a line, made once per session's identity rather than once per call. */
+const whoCache = new WeakMap<ClientIdentity, string>()
+const whoOf = (client: ClientIdentity): string => {
+  const cached = whoCache.get(client)
+  if (cached !== undefined) return cached
+  const who = [
+    `client=${logfmtValue(client.fingerprint)}`,
+    `identity=${logfmtValue(client.identity)}`,
+    `groups=${logfmtValue(client.groups.join(","))}`,
+    ...(client.certificate === undefined
+      ? []
+      : [`cert_serial=${client.certificate.serial}`, `ca=${logfmtValue(client.certificate.caFingerprint)}`]),
+  ].join(" ")
+  whoCache.set(client, who)
+  return who
+}
+
 export const formatAudit = (entry: AuditEntry, now: Date): string =>
   [
     `timestamp=${now.toISOString()}`,
     "level=INFO",
     "message=call",
     "audit=true",
-    `client=${logfmtValue(entry.client)}`,
+    whoOf(entry.client),
     `server=${logfmtValue(entry.server)}`,
     `method=${logfmtValue(entry.method)}`,
     ...(entry.target === undefined ? [] : [`target=${logfmtValue(entry.target)}`]),
@@ -46,7 +65,12 @@ export const formatAuditJson = (entry: AuditEntry, now: Date): string =>
     timestamp: now.toISOString(),
     annotations: {
       audit: true,
-      client: entry.client,
+      client: entry.client.fingerprint,
+      identity: entry.client.identity,
+      groups: entry.client.groups.join(","),
+      ...(entry.client.certificate === undefined
+        ? {}
+        : { cert_serial: entry.client.certificate.serial, ca: entry.client.certificate.caFingerprint }),
       server: entry.server,
       method: entry.method,
       ...(entry.target === undefined ? {} : { target: entry.target }),

@@ -5,18 +5,32 @@
  * through their scopes, every child.
  */
 import { type AddressInfo, createServer, type Server as NetServer, type Socket } from "node:net"
-import { Context, Deferred, Duration, Effect, Exit, FiberSet, Layer, Option, Queue, Runtime } from "effect"
+import {
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  FiberSet,
+  Layer,
+  Option,
+  Queue,
+  Runtime,
+  Schedule,
+} from "effect"
 import { type Algorithms, type Connection, type ServerChannel, Ssh2Server } from "../../shared/ssh2.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ListenError } from "../errors.js"
 import type { ClientIdentity } from "../hub/Hub.js"
 import { KeyStore } from "../keys/KeyStore.js"
+import { RevokedKeys } from "../keys/RevokedKeys.js"
 import { Drain } from "../ops/Drain.js"
 import { Metrics } from "../ops/Metrics.js"
 import { McpSession } from "../session/McpSession.js"
 import { wireClient } from "./clientEvents.js"
 import { HostKey } from "./HostKey.js"
 import { LiveConnections } from "./liveConnections.js"
+import type { Credentials, Grant } from "./loginDecision.js"
 import { StartupLimits } from "./startupLimits.js"
 
 export interface SshServerShape {
@@ -93,6 +107,7 @@ export const SshServerLive = Layer.scoped(
     const { settings } = yield* GatewayConfig
     const hostKey = yield* HostKey
     const keyStore = yield* KeyStore
+    const revokedKeys = yield* RevokedKeys
     const mcpSession = yield* McpSession
     const drain = yield* Drain
     const metrics = yield* Metrics
@@ -105,9 +120,38 @@ export const SshServerLive = Layer.scoped(
     const revocations = yield* keyStore.revocations
     yield* Effect.forkScoped(
       Effect.forever(
-        Effect.flatMap(Queue.take(revocations), (fingerprint) => Effect.sync(() => live.endAll(fingerprint))),
+        Effect.flatMap(Queue.take(revocations), (fingerprint) =>
+          Effect.sync(() => live.endAll(fingerprint, "the key was revoked")),
+        ),
       ),
     )
+
+    /** Both files as they are now (each re-read only when it changed). */
+    const files = Effect.zip(keyStore.snapshot, revokedKeys.current)
+    const credentials: Effect.Effect<Credentials> = Effect.map(files, ([snapshot, revoked]) => ({
+      keys: snapshot.keys,
+      revoked,
+    }))
+    /**
+     * When either file changes, live connections whose line changed (identity, groups, from=...), whose
+     * CA is no longer trusted, or whose key or certificate is now revoked are ended like a revoked key:
+     * a connection keeps the identity it logged in with, so a new one is the only honest way to a new
+     * identity. Judged once the file has settled (an editor may truncate before it writes), and never
+     * from a file that cannot be used (that ends nothing, as for the watcher of removed keys).
+     */
+    let judged = ""
+    const recheckLive = Effect.gen(function* () {
+      const [snapshot, revoked] = yield* files
+      if (`${snapshot.version}|${revoked.version}` === judged) return
+      yield* Effect.sleep(Duration.millis(300))
+      const [settled, settledRevoked] = yield* files
+      judged = `${settled.version}|${settledRevoked.version}`
+      if (!settled.usable || settledRevoked._tag === "Unusable") return
+      const ended = live.recheck({ keys: settled.keys, revoked: settledRevoked })
+      if (ended > 0)
+        yield* Effect.logInfo(`ended ${ended} connection(s) the changed key files no longer allow`)
+    })
+    yield* Effect.forkScoped(Effect.repeat(recheckLive, Schedule.spaced(Duration.seconds(1))))
 
     const startups = new StartupLimits(settings)
     /** Connections waiting for ssh2 to hand over their protocol object, by remote address and port. */
@@ -159,33 +203,47 @@ export const SshServerLive = Layer.scoped(
     /** After login: live until the client closes or its key is revoked, which ends every session. */
     const whileAuthenticated = (
       identity: ClientIdentity,
+      grant: Grant,
       closed: Deferred.Deferred<void>,
       sessions: FiberSet.FiberSet<void, never>,
       connection: () => Connection | undefined,
     ) =>
       Effect.gen(function* () {
         yield* Effect.logInfo("authenticated").pipe(
-          Effect.annotateLogs({ client: identity.fingerprint, user: identity.username }),
+          Effect.annotateLogs({
+            client: identity.fingerprint,
+            user: identity.username,
+            identity: identity.identity,
+            groups: identity.groups.join(","),
+            ...(identity.certificate === undefined
+              ? {}
+              : { cert_serial: identity.certificate.serial, ca: identity.certificate.caFingerprint }),
+          }),
         )
-        const revoked = yield* Deferred.make<void>()
-        const forget = live.add(identity.fingerprint, () => Deferred.unsafeDone(revoked, Exit.void))
+        const revoked = yield* Deferred.make<string>()
+        const forget = live.add(
+          identity.fingerprint,
+          (reason) => Deferred.unsafeDone(revoked, Exit.succeed(reason)),
+          grant.recheck,
+        )
         yield* Effect.addFinalizer(() => Effect.sync(forget))
-        // The key may have gone between the login check and the registration above.
-        const keys = yield* keyStore.list
-        if (!keys.some((key) => key.fingerprint === identity.fingerprint))
-          yield* Deferred.succeed(revoked, undefined)
+        // The key may have gone, or its line changed, between the login check and the registration above.
+        const now = yield* credentials
+        const gone =
+          identity.certificate === undefined &&
+          !now.keys.some((key) => key.kind === "key" && key.fingerprint === identity.fingerprint)
+        const changed = gone ? "the key was revoked" : grant.recheck(now)
+        if (changed !== undefined) yield* Deferred.succeed(revoked, changed)
         const ended = yield* Effect.raceFirst(
-          Deferred.await(closed).pipe(Effect.as("closed" as const)),
-          Deferred.await(revoked).pipe(Effect.as("revoked" as const)),
+          Deferred.await(closed).pipe(Effect.as(undefined)),
+          Deferred.await(revoked),
         )
-        if (ended === "closed") return yield* Effect.logDebug("connection closed")
+        if (ended === undefined) return yield* Effect.logDebug("connection closed")
         // The sessions end first, answering what they still had in progress; then a clean SSH
         // disconnect, and the scope ends the socket.
         yield* FiberSet.clear(sessions)
         connection()?.end()
-        yield* Effect.logInfo("closed: the key was revoked").pipe(
-          Effect.annotateLogs({ client: identity.fingerprint }),
-        )
+        yield* Effect.logInfo(`closed: ${ended}`).pipe(Effect.annotateLogs({ client: identity.fingerprint }))
       })
 
     const handleConnection = (socket: Socket) =>
@@ -224,7 +282,10 @@ export const SshServerLive = Layer.scoped(
           run(log)
           socket.destroy()
         }
-        const authenticated = yield* Deferred.make<ClientIdentity>()
+        const authenticated = yield* Deferred.make<{
+          readonly identity: ClientIdentity
+          readonly grant: Grant
+        }>()
         const sessions = yield* FiberSet.make<void, never>()
         const runSession = yield* FiberSet.runtime(sessions)<never>()
         let connection: Connection | undefined
@@ -237,15 +298,17 @@ export const SshServerLive = Layer.scoped(
             remote,
             run,
             drop,
-            findKey: keyStore.find,
+            clientAddress: source,
+            credentials,
             authFailed: metrics.authFailed,
-            authenticated: (identity) => Deferred.unsafeDone(authenticated, Exit.succeed(identity)),
+            authenticated: (identity, grant) =>
+              Deferred.unsafeDone(authenticated, Exit.succeed({ identity, grant })),
             closed: () => Deferred.unsafeDone(closed, Exit.void),
             ready: uncount,
             startMcp: (channel, selection) =>
               runSession(
                 Deferred.await(authenticated).pipe(
-                  Effect.flatMap((client) => serveChannel(channel, selection, client)),
+                  Effect.flatMap((login) => serveChannel(channel, selection, login.identity)),
                   Effect.onInterrupt(() => Effect.sync(() => channel.destroy())),
                   Effect.annotateLogs({ remote }),
                 ),
@@ -264,7 +327,7 @@ export const SshServerLive = Layer.scoped(
         const grace = Duration.seconds(settings.loginGraceTime)
         const login = yield* Effect.raceFirst(
           Deferred.await(authenticated).pipe(Effect.map(Option.some)),
-          Deferred.await(closed).pipe(Effect.as(Option.none<ClientIdentity>())),
+          Deferred.await(closed).pipe(Effect.as(Option.none())),
         ).pipe(Effect.timeout(grace), Effect.option)
         if (Option.isNone(login) || Option.isNone(login.value)) metrics.connectionOutcome("refused")
         if (Option.isNone(login)) {
@@ -273,7 +336,8 @@ export const SshServerLive = Layer.scoped(
         if (Option.isNone(login.value)) return
         metrics.connectionOutcome("authenticated")
         uncount()
-        yield* whileAuthenticated(login.value.value, closed, sessions, () => connection)
+        const { identity, grant } = login.value.value
+        yield* whileAuthenticated(identity, grant, closed, sessions, () => connection)
       }).pipe(Effect.scoped, Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }))
 
     const netServer = createServer({ noDelay: true }, (socket) => {

@@ -3,14 +3,13 @@
  * publickey is the only authentication (the signature verified here), global requests and
  * forwarding channels are refused, and session channels are counted against --max-sessions.
  */
-import { Effect, type Option } from "effect"
-import type { AuthorizedKey } from "../../shared/publicKey.js"
-import { fingerprintOf } from "../../shared/publicKey.js"
+import { Effect } from "effect"
 import type { AuthContext, Connection, ServerChannel } from "../../shared/ssh2.js"
 import type { GatewaySettings } from "../config/settings.js"
 import type { ClientIdentity } from "../hub/Hub.js"
 import type { AuthFailureReason } from "../ops/Metrics.js"
-import { decidePublicKey } from "./publicKeyAuth.js"
+import { authFailureReason } from "../ops/metricLabels.js"
+import { type Credentials, decideLogin, type Grant, type LoginDecision } from "./loginDecision.js"
 import { wireSessionRequests } from "./sessionRequests.js"
 
 /** ssh2's errors carry a `level` (protocol, handshake, socket, client-timeout) or a DISCONNECT `code`. */
@@ -28,14 +27,18 @@ export interface ClientWiring {
     "keepaliveCountMax" | "keepaliveInterval" | "maxAuthTries" | "maxSessions"
   >
   readonly remote: string
+  /** The client's IP address, for `from=` and `source-address`. */
+  readonly clientAddress: string
   /** Run a log line (or any short effect) now, from an ssh2 callback. */
   readonly run: (effect: Effect.Effect<void>) => void
   /** End the connection at once, saying why. */
   readonly drop: (log: Effect.Effect<void>) => void
-  readonly findKey: (blob: Buffer) => Effect.Effect<Option.Option<AuthorizedKey>>
+  /** The authorized keys and revoked keys as they are now. */
+  readonly credentials: Effect.Effect<Credentials>
   /** Counts a failed attempt, by kind (for the metrics). */
   readonly authFailed: (reason: AuthFailureReason) => void
-  readonly authenticated: (identity: ClientIdentity) => void
+  /** `grant` tells later whether the files still let this login in (see SshServer's recheck). */
+  readonly authenticated: (identity: ClientIdentity, grant: Grant) => void
   readonly closed: () => void
   /** The client is authenticated as far as ssh2 is concerned. */
   readonly ready: () => void
@@ -58,7 +61,8 @@ const onError = (wiring: ClientWiring) => (error: Ssh2Error) => {
 
 const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
   let failures = 0
-  const refuse = (kind: AuthFailureReason, why: string) => {
+  /** The one way an attempt is refused: logged with its reason (which names the fingerprint), counted. */
+  const refuse = (context: AuthContext, kind: AuthFailureReason, why: string) => {
     failures++
     wiring.authFailed(kind)
     wiring.run(Effect.logInfo(`authentication failed: ${why}`))
@@ -66,48 +70,43 @@ const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
       wiring.run(Effect.logWarning(`disconnected after ${failures} failed authentication attempts`))
       client.end()
     }
+    context.reject(["publickey"])
   }
   client.on("authentication", (context: AuthContext) => {
     if (context.method === "none") return context.reject(["publickey"])
-    if (context.method !== "publickey") {
-      refuse("method", `method ${context.method} is not allowed`)
-      return context.reject(["publickey"])
-    }
-    const decide = (found: Option.Option<AuthorizedKey>) => {
-      if (found._tag === "None") {
-        refuse(
-          "unknown_key",
-          `key ${context.key.algo} is not authorized (${fingerprintOf(context.key.data)})`,
-        )
-        return context.reject(["publickey"])
-      }
-      const key = found.value
-      const decision = decidePublicKey(
+    if (context.method !== "publickey")
+      return refuse(context, "method", `method ${context.method} is not allowed`)
+    const decide = (credentials: Credentials) => {
+      const decision: LoginDecision = decideLogin(
         {
           algo: context.key.algo,
           hashAlgo: context.hashAlgo,
+          keyData: context.key.data,
           signature: context.signature,
           blob: context.blob,
         },
-        key,
+        credentials,
+        { now: Date.now(), clientAddress: wiring.clientAddress },
       )
-      if (decision._tag === "Refused") {
-        refuse(decision.signature ? "bad_signature" : "algorithm", decision.reason)
-        return context.reject(["publickey"])
-      }
+      if (decision._tag === "Refused")
+        return refuse(context, authFailureReason(decision.code), decision.reason)
       if (decision._tag === "Verified") {
-        wiring.authenticated({
-          fingerprint: key.fingerprint,
-          username: context.username,
-          address: wiring.remote,
-          // Until key lines carry identities, a key is known by its fingerprint and has no groups.
-          identity: key.fingerprint,
-          groups: [],
-        })
+        const { grant } = decision
+        wiring.authenticated(
+          {
+            fingerprint: grant.fingerprint,
+            username: context.username,
+            address: wiring.remote,
+            identity: grant.identity.name,
+            groups: grant.identity.groups,
+            ...(grant.certificate === undefined ? {} : { certificate: grant.certificate }),
+          },
+          grant,
+        )
       }
       context.accept()
     }
-    wiring.run(Effect.map(wiring.findKey(context.key.data), decide))
+    wiring.run(Effect.map(wiring.credentials, decide))
   })
 }
 
