@@ -71,6 +71,18 @@ describe("mcp-ssh-server reload's reading of the answer", () => {
     })
   })
 
+  it("says when only the access policy changed", () => {
+    expect(
+      describeReloadAnswer(200, {
+        added: [],
+        removed: [],
+        changed: [],
+        access_changed: true,
+        ignored_settings: [],
+      }).lines,
+    ).toEqual(["reloaded: the access policy changed"])
+  })
+
   it("fails with the gateway's reasons, one per line", () => {
     expect(
       describeReloadAnswer(400, { error: "the new config is invalid", errors: ["x: bad", "y: worse"] }),

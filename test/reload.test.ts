@@ -200,7 +200,14 @@ describe("live config reload", () => {
     expect((await postReload(running, "not-the-admin-token-at-all")).status).toBe(403)
     expect(await postReload(running)).toEqual({
       status: 200,
-      body: { status: "reloaded", added: [], removed: [], changed: [], ignored_settings: [] },
+      body: {
+        status: "reloaded",
+        added: [],
+        removed: [],
+        changed: [],
+        access_changed: false,
+        ignored_settings: [],
+      },
     })
 
     const configPath = join(running.dir, "servers_config.json")

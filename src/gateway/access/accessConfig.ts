@@ -159,6 +159,16 @@ const compileRule = (label: string, rule: AccessRule): CompiledRule => ({
   maxSessions: rule.maxSessions,
 })
 
+/** What a policy says, as text: two policies that say the same give the same text (reloads compare). */
+export const describeAccess = (policy: AccessPolicy | undefined): string =>
+  policy === undefined
+    ? "none"
+    : JSON.stringify({
+        default: policy.default?.source,
+        groups: [...policy.groups].map(([name, rule]) => [name, rule.source]),
+        identities: [...policy.identities].map(([name, rule]) => [name, rule.source]),
+      })
+
 /** Compile a checked `access` object. */
 export const compileAccess = (access: AccessSection): AccessPolicy => ({
   default: access.default === undefined ? undefined : compileRule("default", access.default),

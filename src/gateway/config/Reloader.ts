@@ -6,6 +6,7 @@
  * then, so the last config wins.
  */
 import { Context, Data, Deferred, Effect, Layer, Option, Queue } from "effect"
+import { describeAccess } from "../access/accessConfig.js"
 import { Catalog, type CatalogShape } from "../children/Catalog.js"
 import type { ConfigError } from "../errors.js"
 import { Metrics } from "../ops/Metrics.js"
@@ -23,6 +24,8 @@ export interface ReloadOutcome {
   readonly added: ReadonlyArray<string>
   readonly removed: ReadonlyArray<string>
   readonly changed: ReadonlyArray<string>
+  /** The `access` policy differs; live sessions work out their view again. */
+  readonly accessChanged: boolean
   /** Changed settings that take effect only at the next start; their values are never shown. */
   readonly ignoredSettings: ReadonlyArray<string>
 }
@@ -76,10 +79,13 @@ export const ReloaderLive = Layer.scoped(
     const apply = (trigger: string, catalog: CatalogShape) =>
       Effect.gen(function* () {
         const next = yield* source.load
+        const accessChanged = describeAccess(catalog.access()) !== describeAccess(next.access)
         const diff = yield* catalog.replace(next.servers, next.access)
-        metrics.reloaded(isEmptyDiff(diff) ? "unchanged" : "applied")
+        metrics.reloaded(isEmptyDiff(diff) && !accessChanged ? "unchanged" : "applied")
         const ignoredSettings = changedSettings(running, next)
-        yield* Effect.logInfo(`config reloaded (${trigger}): ${describeDiff(diff)}`)
+        yield* Effect.logInfo(
+          `config reloaded (${trigger}): ${describeDiff(diff)}${accessChanged ? "; the access policy changed" : ""}`,
+        )
         if (ignoredSettings.length > 0) {
           yield* Effect.logWarning(
             `config reload (${trigger}): setting(s) ${ignoredSettings.join(", ")} changed; they take effect at the next start and are ignored until then`,
@@ -89,6 +95,7 @@ export const ReloaderLive = Layer.scoped(
           added: namesOf(diff.added),
           removed: namesOf(diff.removed),
           changed: namesOf(diff.changed),
+          accessChanged,
           ignoredSettings,
         } satisfies ReloadOutcome
       }).pipe(

@@ -52,6 +52,7 @@ export const describeReloadAnswer = (
       const names = strings(answer[key])
       return names.length === 0 ? [] : [`${key}: ${names.join(", ")}`]
     })
+    if (answer.access_changed === true) parts.push("the access policy changed")
     const ignored = strings(answer.ignored_settings)
     return {
       ok: true,

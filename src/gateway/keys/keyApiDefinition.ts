@@ -148,6 +148,9 @@ const ReloadResponse = Schema.Struct({
   changed: Schema.Array(Schema.String).annotations({
     description: "servers restarted with their new config",
   }),
+  access_changed: Schema.Boolean.annotations({
+    description: "the access policy changed; live sessions follow it",
+  }),
   ignored_settings: Schema.Array(Schema.String).annotations({
     description: "changed settings that take effect at the next start",
   }),

@@ -151,6 +151,7 @@ const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
               added: outcome.added,
               removed: outcome.removed,
               changed: outcome.changed,
+              access_changed: outcome.accessChanged,
               ignored_settings: outcome.ignoredSettings,
             }
           }).pipe(
