@@ -146,7 +146,9 @@ describe("access policy over SSH", () => {
     })
     await new Promise((resolve) => setTimeout(resolve, 200))
     await reloadWith(running, access({ servers: ["beta"] }), /access policy changed for identity/)
-    expect(running.log()).toMatch(/config reloaded \((SIGHUP|servers_config\.json changed)\): no server changed; the access policy changed/)
+    expect(running.log()).toMatch(
+      /config reloaded \((SIGHUP|servers_config\.json changed)\): no server changed; the access policy changed/,
+    )
     await dev.waitFor((message) => message.method === "notifications/tools/list_changed")
     expect(await toolNames(dev, "d2")).toEqual(["beta__echo", "beta__env", "beta__sleep", "beta__updated"])
     expect(await dev.response("slow")).toMatchObject({ result: { content: [{ text: "slept" }] } })
