@@ -342,6 +342,7 @@ describe("options of the key line", () => {
   })
 
   it("expiry-time: valid through that second, refused after it", () => {
+    accepted(plain(alice), credentials([keyLine(alice, 'expiry-time="20260115120000Z"')]))
     const files = credentials([keyLine(alice, 'expiry-time="20260115115959Z"')])
     expect(refused(plain(alice), files, "key line expired")).toMatch(/2026-01-15T11:59:59/)
   })
@@ -484,6 +485,7 @@ describe("certificates", () => {
       credentials([caLine(ca, 'from="192.168.0.0/16"')]),
       "certificate CA line address not allowed",
     )
+    accepted(certificate(), credentials([caLine(ca, 'expiry-time="20260115120000Z"')]))
     refused(
       certificate(),
       credentials([caLine(ca, 'expiry-time="20260115115959Z"')]),

@@ -93,6 +93,9 @@ const sameGrant = (a: StoredKey, b: StoredKey): boolean =>
   a.identity?.name === b.identity?.name &&
   (a.identity?.groups ?? []).join(",") === (b.identity?.groups ?? []).join(",")
 
+/** authorizeKeyLine reads a number as seconds; `login.now` is milliseconds, so it gets a Date. */
+const lineLogin = (login: LoginContext) => ({ now: new Date(login.now), clientAddress: login.clientAddress })
+
 const unusableRevocations = (revoked: RevocationState, fingerprint: string): LoginDecision | undefined =>
   revoked._tag === "Unusable"
     ? refused(
@@ -127,7 +130,7 @@ const decidePlainKey = (
   }
   let firstRefusal: LoginDecision | undefined
   for (const line of lines) {
-    const allowed = authorizeKeyLine(line.keyOptions, login)
+    const allowed = authorizeKeyLine(line.keyOptions, lineLogin(login))
     if (Either.isLeft(allowed)) {
       firstRefusal ??= refused(
         `key line ${allowed.left.reason}`,
@@ -198,7 +201,7 @@ const decideCertificate = (
     isRevoked(state.revocations, { key: candidate.key.blob, certificate: candidate })
   let firstRefusal: LoginDecision | undefined
   for (const line of authorities) {
-    const allowed = authorizeKeyLine(line.keyOptions, login)
+    const allowed = authorizeKeyLine(line.keyOptions, lineLogin(login))
     if (Either.isLeft(allowed)) {
       firstRefusal ??= refused(
         `certificate CA line ${allowed.left.reason}`,
