@@ -323,6 +323,16 @@ describe("plain keys", () => {
       )
     }
   })
+
+  it("an algorithm that does not fit the key is refused", () => {
+    const files = credentials([keyLine(bob), keyLine(alice)])
+    expect(refused(plain(bob, "ssh-ed25519"), files, "algorithm")).toMatch(/does not fit/)
+    refused(plain(alice, "rsa-sha2-512"), files, "algorithm")
+  })
+
+  it("RSA with SHA-1 (ssh-rsa) is refused", () => {
+    expect(refused(plain(carol, "ssh-rsa"), credentials([keyLine(carol)]), "algorithm")).toMatch(/SHA-1/)
+  })
 })
 
 describe("options of the key line", () => {

@@ -142,8 +142,12 @@ const decidePlainKey = (
       { algo: attempt.algo, hashAlgo: attempt.hashAlgo, signature: attempt.signature, blob: attempt.blob },
       line,
     )
-    if (decision._tag === "Refused")
-      return refused(decision.signature === true ? "bad signature" : "algorithm", decision.reason)
+    if (decision._tag === "Refused") {
+      // decidePublicKey names the fingerprint only in a bad signature's reason.
+      return decision.signature === true
+        ? refused("bad signature", decision.reason)
+        : refused("algorithm", `${decision.reason} (${fingerprint})`)
+    }
     if (decision._tag === "Acceptable") return decision
     const identity = line.identity ?? keyLineIdentity(line, line.keyOptions)
     return {
