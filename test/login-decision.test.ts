@@ -477,6 +477,13 @@ describe("certificates", () => {
     refused(offer, trusted(), "certificate algorithm mismatch")
   })
 
+  it("an RSA certificate offered for SHA-1 signatures (ssh-rsa-cert-v01@openssh.com) is refused", () => {
+    const sha1 = certificate({ key: carol }, "ssh-rsa-cert-v01@openssh.com")
+    expect(refused(sha1, trusted(), "certificate algorithm mismatch", login, fingerprint(carol))).toMatch(
+      /SHA-1/,
+    )
+  })
+
   it("a certificate whose CA signature does not verify, or that is cut short, is refused", () => {
     const { keyData } = certificate({ keyId: "mallory" })
     const changed = Buffer.from(keyData.toString("latin1").replace("mallory", "alice!!"), "latin1")

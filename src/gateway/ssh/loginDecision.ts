@@ -187,10 +187,18 @@ const decideCertificate = (
   const fingerprint = certificate.key.fingerprint
   const ca = certificate.signatureKey.fingerprint
   const who = `certificate of ${fingerprint} signed by CA ${ca}`
-  if (userauthSignatureAlgorithm(certificate.algorithm, attempt.algo) === undefined) {
+  const signatureAlgorithm = userauthSignatureAlgorithm(certificate.algorithm, attempt.algo)
+  if (signatureAlgorithm === undefined) {
     return refused(
       "certificate algorithm mismatch",
       `${who}: request algorithm ${attempt.algo} does not fit a ${certificate.algorithm} certificate`,
+    )
+  }
+  // verifyCertificateUserauth refuses SHA-1 too, but only once signed: the query must not accept it first.
+  if (signatureAlgorithm === "ssh-rsa") {
+    return refused(
+      "certificate algorithm mismatch",
+      `${who}: request algorithm ${attempt.algo} signs with SHA-1, which is refused; use rsa-sha2-256 or rsa-sha2-512`,
     )
   }
   const authorities = authorityLines(credentials.keys, certificate.signatureKey.blob)
