@@ -23,14 +23,21 @@ import {
   type CertificateFile,
   certify,
   type KeyFiles,
-  type KeyKind,
   keygen,
-  keyKinds,
   makeTempDir,
   removeDir,
   type SigningKey,
   signingKey,
 } from "./support/openssh.js"
+import {
+  type CertificateFields,
+  type KeyKind,
+  keyKinds,
+  makeCertificate,
+  makeKey,
+  str,
+  strings,
+} from "./support/sshCraft.js"
 
 let dir = ""
 const cas = new Map<KeyKind, KeyFiles>()
@@ -321,51 +328,10 @@ describe("the userauth signature of a certificate login", () => {
 // ---------------------------------------------------------------------------------------------
 // Crafted certificates: fields ssh-keygen will not write, signed properly by a test CA.
 
-const u32 = (value: number) => {
-  const out = Buffer.alloc(4)
-  out.writeUInt32BE(value)
-  return out
-}
-const u64 = (value: bigint) => {
-  const out = Buffer.alloc(8)
-  out.writeBigUInt64BE(value)
-  return out
-}
-const str = (data: Buffer | string) => Buffer.concat([u32(Buffer.byteLength(data)), Buffer.from(data)])
-const strings = (items: ReadonlyArray<Buffer | string>) => Buffer.concat(items.map(str))
-
-interface Craft {
-  readonly algorithm?: string
-  readonly kind?: number
-  readonly keyId?: Buffer | string
-  readonly principals?: Buffer
-  readonly critical?: Buffer
-  readonly extensions?: Buffer
-  readonly signatureKey?: Buffer
-  readonly keyFields?: Buffer
-}
-
-const craft = (options: Craft = {}): Buffer => {
-  const certified = user()
-  const authority = signingKey(dir, "craft-ca", "ed25519")
-  const typeLength = certified.blob.readUInt32BE(0)
-  const signed = Buffer.concat([
-    str(options.algorithm ?? "ssh-ed25519-cert-v01@openssh.com"),
-    str(randomBytes(32)),
-    options.keyFields ?? certified.blob.subarray(4 + typeLength),
-    u64(5n),
-    u32(options.kind ?? 1),
-    str(options.keyId ?? "crafted"),
-    str(options.principals ?? strings(["p"])),
-    u64(0n),
-    u64(forever),
-    str(options.critical ?? Buffer.alloc(0)),
-    str(options.extensions ?? Buffer.alloc(0)),
-    str(""),
-    str(options.signatureKey ?? authority.blob),
-  ])
-  return Buffer.concat([signed, str(authority.signUserauth(signed))])
-}
+const craftCa = makeKey("ed25519", "craft-ca")
+/** A certificate of user() by a CA of its own, serial 5, key id "crafted", principal "p", valid forever. */
+const craft = (fields: Partial<CertificateFields> = {}): Buffer =>
+  makeCertificate({ ca: craftCa, key: user(), serial: 5n, ...fields })
 
 describe("crafted certificates", () => {
   it("a well-formed crafted certificate is accepted (the crafting is sound)", () => {

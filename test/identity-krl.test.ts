@@ -27,6 +27,15 @@ import {
   removeDir,
   writeText,
 } from "./support/openssh.js"
+import {
+  krlCertificates,
+  krlExtension,
+  krlHeader,
+  krlKeyIds,
+  krlSection,
+  str,
+  u64,
+} from "./support/sshCraft.js"
 
 let dir = ""
 let ca: KeyFiles
@@ -183,34 +192,6 @@ const fingerprint = (files: KeyFiles) =>
 // ---------------------------------------------------------------------------------------------
 // Crafted KRLs
 
-const u32 = (value: number) => {
-  const out = Buffer.alloc(4)
-  out.writeUInt32BE(value)
-  return out
-}
-const u64 = (value: bigint) => {
-  const out = Buffer.alloc(8)
-  out.writeBigUInt64BE(value)
-  return out
-}
-const str = (data: Buffer | string) => Buffer.concat([u32(Buffer.byteLength(data)), Buffer.from(data)])
-const header = (version = 1) =>
-  Buffer.concat([
-    Buffer.from("SSHKRL\n\0", "latin1"),
-    u32(version),
-    u64(3n),
-    u64(0n),
-    u64(0n),
-    str(""),
-    str("comment"),
-  ])
-const sectionOf = (type: number, body: Buffer) => Buffer.concat([Buffer.from([type]), str(body)])
-const certSection = (caBlob: Buffer, ...subsections: ReadonlyArray<Buffer>) =>
-  sectionOf(1, Buffer.concat([str(caBlob), str(""), ...subsections]))
-const keyIds = (...ids: ReadonlyArray<string>) => sectionOf(0x23, Buffer.concat(ids.map((id) => str(id))))
-const extension = (name: string, critical: boolean) =>
-  Buffer.concat([str(name), Buffer.from([critical ? 1 : 0]), str("x")])
-
 const reasonOf = (bytes: Buffer) => {
   const parsed = parseKrl(bytes)
   return Either.isLeft(parsed) ? parsed.left.reason : "parsed"
@@ -218,7 +199,9 @@ const reasonOf = (bytes: Buffer) => {
 
 describe("crafted KRLs", () => {
   it("an any-CA section revokes a key id whoever signed it", () => {
-    const revocations = krl(Buffer.concat([header(), certSection(Buffer.alloc(0), keyIds("everywhere"))]))
+    const revocations = krl(
+      Buffer.concat([krlHeader(), krlCertificates(Buffer.alloc(0), krlKeyIds("everywhere"))]),
+    )
     expect(revocations.comment).toBe("comment")
     for (const authority of [ca, otherCa]) {
       expect(
@@ -232,26 +215,31 @@ describe("crafted KRLs", () => {
 
   it("bitmaps: bit N revokes offset + N, across byte boundaries and with a leading zero byte", () => {
     // 0x00 0x81 0x01: bits 0, 8 and 15 (0x8101 = 1000 0001 0000 0001).
-    const bitmap = sectionOf(0x22, Buffer.concat([u64(100n), str(Buffer.from([0x00, 0x81, 0x01]))]))
-    const revocations = krl(Buffer.concat([header(), certSection(ca.blob, bitmap)]))
+    const bitmap = krlSection(0x22, Buffer.concat([u64(100n), str(Buffer.from([0x00, 0x81, 0x01]))]))
+    const revocations = krl(Buffer.concat([krlHeader(), krlCertificates(ca.blob, bitmap)]))
     expect(revocations.certificates.get(ca.blob.toString("base64"))?.serials).toEqual([
       { low: 100n, high: 100n },
       { low: 108n, high: 108n },
       { low: 115n, high: 115n },
     ])
-    const full = sectionOf(0x22, Buffer.concat([u64(1n), str(Buffer.from([0x7f, 0xff, 0xff]))]))
+    const full = krlSection(0x22, Buffer.concat([u64(1n), str(Buffer.from([0x7f, 0xff, 0xff]))]))
     expect(
-      krl(Buffer.concat([header(), certSection(ca.blob, full)])).certificates.get(ca.blob.toString("base64"))
-        ?.serials,
+      krl(Buffer.concat([krlHeader(), krlCertificates(ca.blob, full)])).certificates.get(
+        ca.blob.toString("base64"),
+      )?.serials,
     ).toEqual([{ low: 1n, high: 23n }])
   })
 
   it("non-critical extensions and signature sections are skipped, as sshd does", () => {
-    const signature = Buffer.concat([sectionOf(4, Buffer.from(str("ssh-ed25519"))), str(randomBytes(64))])
+    const signature = Buffer.concat([krlSection(4, Buffer.from(str("ssh-ed25519"))), str(randomBytes(64))])
     const bytes = Buffer.concat([
-      header(),
-      sectionOf(255, extension("note@example.com", false)),
-      certSection(ca.blob, sectionOf(0x39, extension("cert-note@example.com", false)), keyIds("x")),
+      krlHeader(),
+      krlSection(255, krlExtension("note@example.com", false)),
+      krlCertificates(
+        ca.blob,
+        krlSection(0x39, krlExtension("cert-note@example.com", false)),
+        krlKeyIds("x"),
+      ),
       signature,
     ])
     expect(reasonOf(bytes)).toBe("parsed")
@@ -260,46 +248,61 @@ describe("crafted KRLs", () => {
   it.each([
     ["not a KRL", () => Buffer.from("ssh-ed25519 AAAA")],
     ["not a KRL", () => Buffer.alloc(0)],
-    ["unsupported", () => header(2)],
-    ["unsupported", () => Buffer.concat([header(), sectionOf(255, extension("must@example.com", true))])],
+    ["unsupported", () => krlHeader(2)],
+    [
+      "unsupported",
+      () => Buffer.concat([krlHeader(), krlSection(255, krlExtension("must@example.com", true))]),
+    ],
     [
       "unsupported",
       () =>
-        Buffer.concat([header(), certSection(ca.blob, sectionOf(0x39, extension("must@example.com", true)))]),
-    ],
-    ["unsupported", () => Buffer.concat([header(), sectionOf(6, Buffer.alloc(0))])],
-    ["unsupported", () => Buffer.concat([header(), certSection(ca.blob, sectionOf(0x24, Buffer.alloc(0)))])],
-    ["malformed", () => Buffer.concat([header(), certSection(ca.blob, sectionOf(0x20, u64(0n)))])],
-    [
-      "malformed",
-      () =>
-        Buffer.concat([header(), certSection(ca.blob, sectionOf(0x21, Buffer.concat([u64(9n), u64(3n)])))]),
-    ],
-    [
-      "malformed",
-      () =>
         Buffer.concat([
-          header(),
-          certSection(ca.blob, sectionOf(0x21, Buffer.concat([u64(1n), u64(3n), u64(4n)]))),
+          krlHeader(),
+          krlCertificates(ca.blob, krlSection(0x39, krlExtension("must@example.com", true))),
         ]),
     ],
-    ["malformed", () => Buffer.concat([header(), certSection(ca.blob, sectionOf(0x20, Buffer.alloc(7)))])],
+    ["unsupported", () => Buffer.concat([krlHeader(), krlSection(6, Buffer.alloc(0))])],
+    [
+      "unsupported",
+      () => Buffer.concat([krlHeader(), krlCertificates(ca.blob, krlSection(0x24, Buffer.alloc(0)))]),
+    ],
+    ["malformed", () => Buffer.concat([krlHeader(), krlCertificates(ca.blob, krlSection(0x20, u64(0n)))])],
     [
       "malformed",
       () =>
         Buffer.concat([
-          header(),
-          certSection(ca.blob, sectionOf(0x22, Buffer.concat([u64(0n), str(Buffer.from([1]))]))),
+          krlHeader(),
+          krlCertificates(ca.blob, krlSection(0x21, Buffer.concat([u64(9n), u64(3n)]))),
         ]),
     ],
     [
       "malformed",
       () =>
         Buffer.concat([
-          header(),
-          certSection(
+          krlHeader(),
+          krlCertificates(ca.blob, krlSection(0x21, Buffer.concat([u64(1n), u64(3n), u64(4n)]))),
+        ]),
+    ],
+    [
+      "malformed",
+      () => Buffer.concat([krlHeader(), krlCertificates(ca.blob, krlSection(0x20, Buffer.alloc(7)))]),
+    ],
+    [
+      "malformed",
+      () =>
+        Buffer.concat([
+          krlHeader(),
+          krlCertificates(ca.blob, krlSection(0x22, Buffer.concat([u64(0n), str(Buffer.from([1]))]))),
+        ]),
+    ],
+    [
+      "malformed",
+      () =>
+        Buffer.concat([
+          krlHeader(),
+          krlCertificates(
             ca.blob,
-            sectionOf(0x22, Buffer.concat([u64(0xfffffffffffffff0n), str(Buffer.from([1, 0, 0]))])),
+            krlSection(0x22, Buffer.concat([u64(0xfffffffffffffff0n), str(Buffer.from([1, 0, 0]))])),
           ),
         ]),
     ],
@@ -307,14 +310,14 @@ describe("crafted KRLs", () => {
       "malformed",
       () =>
         Buffer.concat([
-          header(),
-          certSection(ca.blob, sectionOf(0x22, Buffer.concat([u64(1n), str(Buffer.from([0x80]))]))),
+          krlHeader(),
+          krlCertificates(ca.blob, krlSection(0x22, Buffer.concat([u64(1n), str(Buffer.from([0x80]))]))),
         ]),
     ],
-    ["malformed", () => Buffer.concat([header(), sectionOf(3, str(Buffer.alloc(19)))])],
-    ["malformed", () => Buffer.concat([header(), sectionOf(5, str(Buffer.alloc(33)))])],
-    ["malformed", () => Buffer.concat([header(), certSection(Buffer.from([0, 0]), keyIds("x"))])],
-    ["truncated", () => header().subarray(0, 20)],
+    ["malformed", () => Buffer.concat([krlHeader(), krlSection(3, str(Buffer.alloc(19)))])],
+    ["malformed", () => Buffer.concat([krlHeader(), krlSection(5, str(Buffer.alloc(33)))])],
+    ["malformed", () => Buffer.concat([krlHeader(), krlCertificates(Buffer.from([0, 0]), krlKeyIds("x"))])],
+    ["truncated", () => krlHeader().subarray(0, 20)],
   ])("%s: case %#", (reason, bytes) => {
     expect(reasonOf(bytes())).toBe(reason)
   })
@@ -400,7 +403,7 @@ describe("hostile KRL bytes never throw", () => {
       }
     }
     for (let round = 0; round < 3000; round++) {
-      const bytes = Buffer.concat([header(), randomBytes(Math.floor(Math.random() * 300))])
+      const bytes = Buffer.concat([krlHeader(), randomBytes(Math.floor(Math.random() * 300))])
       const parsed = parseKrl(bytes)
       if (Either.isRight(parsed)) isRevoked(parsed.right, { key: key("clean").blob })
     }

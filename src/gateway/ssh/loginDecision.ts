@@ -93,6 +93,9 @@ const sameGrant = (a: StoredKey, b: StoredKey): boolean =>
   a.identity?.name === b.identity?.name &&
   (a.identity?.groups ?? []).join(",") === (b.identity?.groups ?? []).join(",")
 
+/** authorizeKeyLine reads a number as seconds; `login.now` is milliseconds, so it gets a Date. */
+const lineLogin = (login: LoginContext) => ({ now: new Date(login.now), clientAddress: login.clientAddress })
+
 const unusableRevocations = (revoked: RevocationState, fingerprint: string): LoginDecision | undefined =>
   revoked._tag === "Unusable"
     ? refused(
@@ -127,7 +130,7 @@ const decidePlainKey = (
   }
   let firstRefusal: LoginDecision | undefined
   for (const line of lines) {
-    const allowed = authorizeKeyLine(line.keyOptions, login)
+    const allowed = authorizeKeyLine(line.keyOptions, lineLogin(login))
     if (Either.isLeft(allowed)) {
       firstRefusal ??= refused(
         `key line ${allowed.left.reason}`,
@@ -139,8 +142,12 @@ const decidePlainKey = (
       { algo: attempt.algo, hashAlgo: attempt.hashAlgo, signature: attempt.signature, blob: attempt.blob },
       line,
     )
-    if (decision._tag === "Refused")
-      return refused(decision.signature === true ? "bad signature" : "algorithm", decision.reason)
+    if (decision._tag === "Refused") {
+      // decidePublicKey names the fingerprint only in a bad signature's reason.
+      return decision.signature === true
+        ? refused("bad signature", decision.reason)
+        : refused("algorithm", `${decision.reason} (${fingerprint})`)
+    }
     if (decision._tag === "Acceptable") return decision
     const identity = line.identity ?? keyLineIdentity(line, line.keyOptions)
     return {
@@ -180,10 +187,18 @@ const decideCertificate = (
   const fingerprint = certificate.key.fingerprint
   const ca = certificate.signatureKey.fingerprint
   const who = `certificate of ${fingerprint} signed by CA ${ca}`
-  if (userauthSignatureAlgorithm(certificate.algorithm, attempt.algo) === undefined) {
+  const signatureAlgorithm = userauthSignatureAlgorithm(certificate.algorithm, attempt.algo)
+  if (signatureAlgorithm === undefined) {
     return refused(
       "certificate algorithm mismatch",
       `${who}: request algorithm ${attempt.algo} does not fit a ${certificate.algorithm} certificate`,
+    )
+  }
+  // verifyCertificateUserauth refuses SHA-1 too, but only once signed: the query must not accept it first.
+  if (signatureAlgorithm === "ssh-rsa") {
+    return refused(
+      "certificate algorithm mismatch",
+      `${who}: request algorithm ${attempt.algo} signs with SHA-1, which is refused; use rsa-sha2-256 or rsa-sha2-512`,
     )
   }
   const authorities = authorityLines(credentials.keys, certificate.signatureKey.blob)
@@ -198,7 +213,7 @@ const decideCertificate = (
     isRevoked(state.revocations, { key: candidate.key.blob, certificate: candidate })
   let firstRefusal: LoginDecision | undefined
   for (const line of authorities) {
-    const allowed = authorizeKeyLine(line.keyOptions, login)
+    const allowed = authorizeKeyLine(line.keyOptions, lineLogin(login))
     if (Either.isLeft(allowed)) {
       firstRefusal ??= refused(
         `certificate CA line ${allowed.left.reason}`,
