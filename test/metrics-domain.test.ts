@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest"
 import { decodeSettings } from "../src/gateway/config/settings.js"
 import { Metrics, noMetrics } from "../src/gateway/ops/Metrics.js"
 import {
+  authFailureReason,
   LabelBudget,
   methodLabel,
   outcomeLabel,
@@ -50,6 +51,25 @@ describe("metric labels", () => {
   it("reads VmRSS from /proc/PID/status", () => {
     expect(residentBytes("Name:\tnode\nVmRSS:\t   51200 kB\nVmSwap:\t0 kB\n")).toBe(51200 * 1024)
     expect(residentBytes("Name:\tkthreadd\n")).toBeUndefined()
+  })
+})
+
+describe("login refusals as metric reasons", () => {
+  it("folds the login decision's codes into a few bounded reasons", () => {
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["not authorized", "unknown_key"],
+      ["bad signature", "bad_signature"],
+      ["algorithm", "algorithm"],
+      ["certificate algorithm mismatch", "algorithm"],
+      ["revoked", "revoked"],
+      ["certificate revoked", "revoked"],
+      ["revoked keys unusable", "revoked"],
+      ["key line expired", "key_options"],
+      ["certificate expired", "certificate"],
+      ["certificate untrusted CA", "certificate"],
+      ["anything new", "unknown_key"],
+    ]
+    for (const [code, reason] of cases) expect(authFailureReason(code), code).toBe(reason)
   })
 })
 

@@ -79,7 +79,8 @@ export const residentBytes = (status: string): number | undefined => {
 export const authFailureReason = (code: string): AuthFailureReason => {
   if (code === "bad signature") return "bad_signature"
   if (code === "algorithm" || code === "certificate algorithm mismatch") return "algorithm"
-  if (code === "revoked" || code === "revoked keys unusable") return "revoked"
+  if (code === "revoked" || code === "certificate revoked" || code === "revoked keys unusable")
+    return "revoked"
   if (code.startsWith("key line")) return "key_options"
   if (code.startsWith("certificate")) return "certificate"
   return "unknown_key"
