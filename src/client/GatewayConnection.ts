@@ -38,6 +38,11 @@ export interface GatewaySession {
   readonly channel: ClientChannel
   /** Completes once the channel is gone, with why, in words (`read ECONNRESET`, ...). */
   readonly ended: Effect.Effect<string>
+  /**
+   * The exit status the gateway ended the session with, if it did (it refused it: an unknown server,
+   * a limit); undefined when the connection was lost under it.
+   */
+  readonly exitStatus: () => string | undefined
 }
 
 export class GatewayConnection extends Context.Tag("mcp-ssh/GatewayConnection")<
@@ -189,6 +194,6 @@ export const GatewayConnectionLive = Layer.succeed(GatewayConnection, {
           ? "the gateway closed the connection"
           : "the gateway closed the session"
       })
-      return { channel, ended } satisfies GatewaySession
+      return { channel, ended, exitStatus: () => tracker.exitStatus } satisfies GatewaySession
     }),
 })

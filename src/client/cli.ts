@@ -24,10 +24,9 @@ import * as Option from "effect/Option"
 import { checkTypedFlags, type FlagType, flagTypes, plainWhenNotTerminal } from "../shared/cliFlags.js"
 import { expandHome } from "../shared/paths.js"
 import { version } from "../shared/version.js"
-import { Bridge } from "./Bridge.js"
-import { ClientConnection } from "./ClientConnection.js"
 import { ClientUsageError } from "./errors.js"
 import { clientFromSettings, clientLogger } from "./layers.js"
+import { serveHost } from "./reconnect.js"
 import {
   type ClientSettings,
   clientDefaults,
@@ -35,6 +34,7 @@ import {
   enrollTokenVariable,
   isProblem,
   keyServerBase,
+  parseDuration,
   parseLogLevel,
   parsePort,
   parseServers,
@@ -100,6 +100,15 @@ const options = {
   ),
   passphrase: text("passphrase", `passphrase of the client key; env ${passphraseVariable}`),
   servers: text("servers", "servers of the gateway to use, NAME[,NAME...] (default: all)"),
+  noReconnect: Options.boolean("no-reconnect").pipe(
+    Options.withDescription("exit when the connection to the gateway is lost, instead of connecting again"),
+  ),
+  reconnectTimeout: Options.text("reconnect-timeout").pipe(
+    Options.withDescription(
+      `how long to keep trying to reconnect after a loss before giving up: seconds, or with s, m or h (default: ${clientDefaults.reconnectTimeout})`,
+    ),
+    Options.withDefault(clientDefaults.reconnectTimeout),
+  ),
   logLevel: Options.choice("log-level", logLevelChoices).pipe(
     Options.withDescription(`least severe level of the lines logged (default: ${clientDefaults.logLevel})`),
     Options.optional,
@@ -118,6 +127,7 @@ const typedFlags: Readonly<Record<string, FlagType>> = {
       "enroll-token",
       "passphrase",
       "servers",
+      "reconnect-timeout",
     ].map((flag) => [flag, flagTypes.text]),
   ),
   port: flagTypes.integer,
@@ -139,6 +149,8 @@ interface Flags {
   readonly passphrase: Option.Option<string>
   readonly servers: Option.Option<string>
   readonly logLevel: Option.Option<string>
+  readonly noReconnect: boolean
+  readonly reconnectTimeout: string
 }
 
 const orEnvironment = (value: Option.Option<string>, variable: string): string | undefined =>
@@ -157,6 +169,8 @@ const settingsOf = (flags: Flags): Effect.Effect<ClientSettings, ClientUsageErro
   if (isProblem(logLevel)) return usage(logLevel.problem)
   const servers = Option.isSome(flags.servers) ? parseServers(flags.servers.value) : []
   if (isProblem(servers)) return usage(servers.problem)
+  const reconnectTimeoutMs = parseDuration("reconnect-timeout", flags.reconnectTimeout)
+  if (isProblem(reconnectTimeoutMs)) return usage(reconnectTimeoutMs.problem)
   const host = flags.host.trim()
   if (host === "") return usage("--host: empty")
   const enrollToken = orEnvironment(flags.enrollToken, enrollTokenVariable)
@@ -177,6 +191,8 @@ const settingsOf = (flags: Flags): Effect.Effect<ClientSettings, ClientUsageErro
     passphrase: orEnvironment(flags.passphrase, passphraseVariable),
     servers,
     logLevel,
+    reconnect: !flags.noReconnect,
+    reconnectTimeoutMs,
   })
 }
 
@@ -190,16 +206,15 @@ const fail = (message: string, code = 1) =>
 const runClient = (flags: Flags) =>
   Effect.gen(function* () {
     const settings = yield* settingsOf(flags)
-    const outcome = yield* Effect.gen(function* () {
-      const connection = yield* ClientConnection
-      const bridge = yield* Bridge
-      const session = yield* connection.open
-      return yield* bridge.relay(session)
-    }).pipe(
-      Effect.scoped,
+    const outcome = yield* serveHost.pipe(
       Effect.provide(clientFromSettings(settings)),
       Effect.provide(clientLogger(settings.logLevel)),
     )
+    if (outcome._tag === "GaveUp") {
+      return yield* fail(
+        `gave up reconnecting to the gateway after ${flags.reconnectTimeout}: ${outcome.reason}`,
+      )
+    }
     if (outcome._tag === "GatewayLost") {
       return yield* fail(
         `connection to the gateway lost: ${outcome.reason}${outcome.answered > 0 ? ` (${outcome.answered} pending request(s) answered with an error)` : ""}`,

@@ -21,7 +21,7 @@ export const ClientLayer = Layer.merge(
 )
 
 export const clientFromSettings = (settings: ClientSettings) =>
-  ClientLayer.pipe(Layer.provide(Layer.succeed(ClientConfig, settings)))
+  ClientLayer.pipe(Layer.provideMerge(Layer.succeed(ClientConfig, settings)))
 
 const labelOf = (level: LogLevel.LogLevel): string => (level._tag === "Warning" ? "WARNING" : level.label)
 

@@ -13,6 +13,7 @@ export const clientDefaults = {
   knownHosts: "~/.ssh/known_hosts",
   keyServerPort: 8000,
   logLevel: "INFO",
+  reconnectTimeout: "5m",
 } as const
 
 /** Environment variables for the secrets, so they need not show in `ps` or in the host's config. */
@@ -38,6 +39,10 @@ export interface ClientSettings {
   readonly servers: ReadonlyArray<string>
   /** Undefined: the level in effect (INFO, or what @effect/cli's own --log-level set). */
   readonly logLevel: ClientLogLevel | undefined
+  /** Connect again when the gateway is lost (else exit, as the original client does). */
+  readonly reconnect: boolean
+  /** How long to keep trying after a loss before giving up. */
+  readonly reconnectTimeoutMs: number
 }
 
 export type SettingsProblem = { readonly problem: string }
@@ -110,3 +115,13 @@ export const redirectProblem = (from: string, to: string): string | undefined =>
   new URL(from).protocol === "https:" && new URL(to).protocol !== "https:"
     ? `refusing a redirect from https to ${new URL(to).protocol.slice(0, -1)} (${to})`
     : undefined
+
+/** `300`, `90s`, `5m`, `1h`: a duration in milliseconds. */
+export const parseDuration = (flag: string, text: string): number | SettingsProblem => {
+  const match = /^(\d+)(s|m|h)?$/.exec(text.trim())
+  const amount = Number(match?.[1])
+  if (match === null || !Number.isSafeInteger(amount) || amount === 0)
+    return { problem: `--${flag}: '${text}' is not a duration (seconds, or a number with s, m or h)` }
+  const unit = match[2] === "h" ? 3_600_000 : match[2] === "m" ? 60_000 : 1_000
+  return amount * unit
+}

@@ -88,17 +88,30 @@ class ChunkReader {
   })
 }
 
-/** Run `f` on each chunk of the readable, pulling the next only when `f` is done, until its end. */
-export const forEachChunk = <E, R>(
-  stream: Readable,
+/** A readable's chunks, one `next` at a time: for a reader that outlives one loop over it. */
+export interface ChunkSource {
+  /** The next chunk, or undefined at the stream's end. Interrupting it loses nothing. */
+  readonly next: Effect.Effect<Buffer | undefined>
+}
+
+export const chunkSource = (stream: Readable): ChunkSource => new ChunkReader(stream)
+
+/** Run `f` on each chunk of the source, pulling the next only when `f` is done, until its end. */
+export const forEachChunkOf = <E, R>(
+  source: ChunkSource,
   f: (chunk: Buffer) => Effect.Effect<void, E, R>,
 ): Effect.Effect<void, E, R> => {
-  const reader = new ChunkReader(stream)
-  const loop: Effect.Effect<void, E, R> = Effect.flatMap(reader.next, (chunk) =>
+  const loop: Effect.Effect<void, E, R> = Effect.flatMap(source.next, (chunk) =>
     chunk === undefined ? Effect.void : Effect.zipRight(f(chunk), loop),
   )
   return loop
 }
+
+/** Run `f` on each chunk of the readable, pulling the next only when `f` is done, until its end. */
+export const forEachChunk = <E, R>(
+  stream: Readable,
+  f: (chunk: Buffer) => Effect.Effect<void, E, R>,
+): Effect.Effect<void, E, R> => forEachChunkOf(chunkSource(stream), f)
 
 /** Completes at once while the stream's buffer has room, else at its next 'drain' (or when it closes). */
 export const whenDrained = (stream: Writable): Effect.Effect<void> =>
