@@ -107,6 +107,7 @@ const fromAddress = (
   path: string,
   body: string | undefined,
   agent?: Agent,
+  forwardedFor?: string,
 ): Promise<{ status: number; retryAfter: string | undefined; ms: number }> =>
   new Promise((resolve, reject) => {
     const url = new URL(`${gateway.keyApiUrl}${path}`)
@@ -119,7 +120,10 @@ const fromAddress = (
         method: body === undefined ? "GET" : "POST",
         localAddress,
         ...(agent === undefined ? {} : { agent }),
-        headers: body === undefined ? {} : { "content-type": "application/json" },
+        headers: {
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+          ...(forwardedFor === undefined ? {} : { "x-forwarded-for": forwardedFor }),
+        },
       },
       (response) => {
         response.resume()
@@ -556,6 +560,56 @@ describe("open registration on loopback, and rate limits", () => {
     } finally {
       agent.destroy()
     }
+  })
+})
+
+describe("behind a load balancer (--trusted-proxies)", () => {
+  let gateway: RunningGateway
+
+  beforeAll(async () => {
+    gateway = await startGateway({
+      servers: mini,
+      keyApi: true,
+      flags: [
+        "--trusted-proxies",
+        "127.0.0.3, 10.0.0.0/8",
+        "--key-server-rate-burst",
+        "3",
+        "--key-server-rate-limit",
+        "1",
+      ],
+    })
+  })
+  afterAll(async () => {
+    await disposeGateway(gateway)
+  })
+
+  const statuses = async (localAddress: string, forwardedFor: string | undefined, count: number) => {
+    const out: Array<number> = []
+    for (let index = 0; index < count; index++) {
+      out.push(
+        (await fromAddress(gateway, localAddress, "/server_pub_key", undefined, undefined, forwardedFor))
+          .status,
+      )
+    }
+    return out
+  }
+
+  it("limits by the client a trusted proxy names, each client on its own", async () => {
+    expect(await statuses("127.0.0.3", "198.51.100.1", 4)).toEqual([200, 200, 200, 429])
+    // Another client through the same proxy has its own allowance; the proxies in the chain are skipped.
+    expect(await statuses("127.0.0.3", "198.51.100.2, 10.1.2.3", 3)).toEqual([200, 200, 200])
+    // What the client itself wrote to the left of the proxies' entries is not believed.
+    expect(await statuses("127.0.0.3", "203.0.113.9, 198.51.100.1", 1)).toEqual([429])
+  })
+
+  it("ignores X-Forwarded-For from anyone else", async () => {
+    const changing = await Promise.all(
+      Array.from({ length: 4 }, (_, index) =>
+        fromAddress(gateway, "127.0.0.4", "/server_pub_key", undefined, undefined, `192.0.2.${index + 1}`),
+      ),
+    )
+    expect(changing.map((reply) => reply.status).sort()).toEqual([200, 200, 200, 429])
   })
 })
 

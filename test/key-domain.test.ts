@@ -7,7 +7,12 @@ import { Either } from "effect"
 import { describe, expect, it } from "vitest"
 import { decodeSettings } from "../src/gateway/config/settings.js"
 import { appendKey, readStoredKeys, removeKey } from "../src/gateway/keys/authorizedKeysFile.js"
-import { bearerToken, registrationPolicyProblem } from "../src/gateway/keys/keyApiRules.js"
+import {
+  bearerToken,
+  forwardedClient,
+  registrationPolicyProblem,
+  trustedProxiesOf,
+} from "../src/gateway/keys/keyApiRules.js"
 import { isIdle, rateLimitKey, take } from "../src/gateway/keys/tokenBucket.js"
 import {
   checkToken,
@@ -294,5 +299,24 @@ describe("key API policy", () => {
 
   it("fingerprints like ssh-keygen", () => {
     expect(fingerprintOf(Buffer.from(""))).toBe("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
+  })
+})
+
+describe("the client behind a trusted proxy", () => {
+  const trusted = trustedProxiesOf("10.0.0.0/8, 192.0.2.1")
+
+  it("believes X-Forwarded-For only from a trusted proxy, taking the rightmost address that is not one", () => {
+    expect(forwardedClient("192.0.2.1", "198.51.100.7", trusted)).toBe("198.51.100.7")
+    expect(forwardedClient("192.0.2.1", "203.0.113.1, 198.51.100.7, 10.2.3.4", trusted)).toBe("198.51.100.7")
+    expect(forwardedClient("192.0.2.1", " ::ffff:198.51.100.7 ", trusted)).toBe("198.51.100.7")
+    expect(forwardedClient("192.0.2.1", "2001:db8::1", trusted)).toBe("2001:db8::1")
+    // Nothing but proxies, nothing at all, or garbage: the socket's address.
+    expect(forwardedClient("192.0.2.1", "10.1.1.1, 10.2.2.2", trusted)).toBe("192.0.2.1")
+    expect(forwardedClient("192.0.2.1", "", trusted)).toBe("192.0.2.1")
+    expect(forwardedClient("192.0.2.1", "198.51.100.7, not-an-address", trusted)).toBe("192.0.2.1")
+    expect(forwardedClient("192.0.2.1", undefined, trusted)).toBe("192.0.2.1")
+    // From anyone else, or with no trusted proxies at all, the header is ignored.
+    expect(forwardedClient("203.0.113.5", "198.51.100.7", trusted)).toBe("203.0.113.5")
+    expect(forwardedClient("192.0.2.1", "198.51.100.7", undefined)).toBe("192.0.2.1")
   })
 })

@@ -4,6 +4,7 @@
  */
 import { Either, ParseResult, Schema } from "effect"
 import { type FlagType, flagTypes } from "../../shared/cliFlags.js"
+import { parseCidrList } from "../identity/addressPatterns.js"
 
 // ---------------------------------------------------------------------------------------------
 // Gateway settings
@@ -24,6 +25,13 @@ const Port = Schema.Int.pipe(
   Schema.between(0, 65535, { message: () => "must be a port number from 0 to 65535" }),
 )
 const NonEmpty = Schema.NonEmptyTrimmedString
+/** `10.0.0.0/8, 192.0.2.7`: addresses and CIDR networks, spaces allowed after the commas. */
+const CidrListText = NonEmpty.pipe(
+  Schema.filter((text) => {
+    const parsed = parseCidrList(text.replace(/\s+/g, ""))
+    return Either.isRight(parsed) || `'${parsed.left.entry}': ${parsed.left.detail}`
+  }),
+)
 /** Tokens others could guess are no tokens; the value never appears in an error message. */
 const Secret = Schema.Trim.pipe(
   Schema.filter((text) => text.length >= 16 || "must be at least 16 characters (use a random string)"),
@@ -121,6 +129,11 @@ export const gatewaySettings = {
     schema: Count,
     default: 10,
     doc: "key API requests one address may make at once",
+  },
+  trustedProxies: {
+    schema: CidrListText,
+    default: undefined,
+    doc: "load balancers (addresses, CIDR networks) whose X-Forwarded-For the key API believes",
   },
   metricsHost: {
     schema: NonEmpty,

@@ -28,6 +28,7 @@ import {
   type KeyApiPolicy,
   OptionalJsonBodyLive,
 } from "./keyApiMiddleware.js"
+import { trustedProxiesOf } from "./keyApiRules.js"
 
 export interface KeyApiShape {
   /** Where the API listens (the real port when 0 was asked for). */
@@ -81,6 +82,7 @@ export const KeyApiLive = Layer.scoped(
       adminToken,
       // Per source address (IPv6: per /64).
       rate: { capacity: settings.keyServerRateBurst, refillPerSecond: settings.keyServerRateLimit / 60 },
+      trustedProxies: trustedProxiesOf(settings.trustedProxies),
     }
     const app = yield* buildApp(policy, fixedEnrollmentToken)
 

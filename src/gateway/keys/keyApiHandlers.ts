@@ -106,7 +106,7 @@ const EnrollmentLive = (policy: KeyApiPolicy, fixedEnrollmentToken: string | und
 
       return handlers.handle("register", ({ payload, request }) =>
         Effect.gen(function* () {
-          const remote = remoteOf(request)
+          const remote = remoteOf(request, policy)
           const token = yield* EnrollmentToken
           const key = payload.client_pub_key
           const added = yield* enroll(key, token, remote)

@@ -9,6 +9,7 @@ import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Clock, Effect, Layer, Option } from "effect"
+import type { CidrList } from "../identity/addressPatterns.js"
 import {
   AdminAuth,
   EnrollmentGate,
@@ -16,7 +17,7 @@ import {
   KeyApiDefinition,
   OptionalJsonBody,
 } from "./keyApiDefinition.js"
-import { bearerToken, maxBodyBytes, type RegistrationMode } from "./keyApiRules.js"
+import { bearerToken, forwardedClient, maxBodyBytes, type RegistrationMode } from "./keyApiRules.js"
 import {
   BadRequest,
   Forbidden,
@@ -35,6 +36,8 @@ export interface KeyApiPolicy {
   readonly mode: RegistrationMode
   readonly adminToken: string | undefined
   readonly rate: BucketPolicy
+  /** Load balancers whose X-Forwarded-For is believed. */
+  readonly trustedProxies: CidrList | undefined
 }
 
 export const commonHeaders = { "cache-control": "no-store", "x-content-type-options": "nosniff" }
@@ -42,8 +45,13 @@ export const commonHeaders = { "cache-control": "no-store", "x-content-type-opti
 /** Buckets beyond this many are pruned of idle ones, so many addresses cannot grow memory forever. */
 const maxTrackedSources = 10_000
 
-export const remoteOf = (request: HttpServerRequest.HttpServerRequest): string =>
-  Option.getOrElse(request.remoteAddress, () => "unknown").replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "")
+/** The client's address: the socket's, or what a trusted proxy says it is (keyApiRules.forwardedClient). */
+export const remoteOf = (request: HttpServerRequest.HttpServerRequest, policy: KeyApiPolicy): string =>
+  forwardedClient(
+    Option.getOrElse(request.remoteAddress, () => "unknown").replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, ""),
+    request.headers["x-forwarded-for"],
+    policy.trustedProxies,
+  )
 
 /** Headers for the response this request will get, whatever produces it (a refusal is encoded later). */
 const withResponseHeaders = (headers: Readonly<Record<string, string>>) =>
@@ -119,11 +127,11 @@ export const AdminAuthLive = (policy: KeyApiPolicy) =>
         }
         if (!secretsEqual(given, policy.adminToken)) {
           yield* Effect.logWarning("admin request with a wrong token").pipe(
-            Effect.annotateLogs({ remote: remoteOf(request) }),
+            Effect.annotateLogs({ remote: remoteOf(request, policy) }),
           )
           return yield* Effect.fail(new Forbidden({ error: "the admin token is wrong" }))
         }
-        return remoteOf(request)
+        return remoteOf(request, policy)
       }),
   })
 
@@ -195,7 +203,7 @@ export const apiMiddleware = (
           Effect.zipRight(
             Effect.sync(() => observe(path, response.status)),
             Effect.logDebug(`${request.method} ${path} ${response.status}`).pipe(
-              Effect.annotateLogs({ remote: remoteOf(request) }),
+              Effect.annotateLogs({ remote: remoteOf(request, policy) }),
             ),
           ),
           HttpServerResponse.setHeaders(response, commonHeaders),
@@ -207,7 +215,7 @@ export const apiMiddleware = (
         policy.adminToken !== undefined &&
         given !== undefined &&
         secretsEqual(given, policy.adminToken)
-      if (path !== "/health" && path !== "/ready" && !admin) yield* admit(remoteOf(request))
+      if (path !== "/health" && path !== "/ready" && !admin) yield* admit(remoteOf(request, policy))
       return yield* app
     }).pipe(
       Effect.catchAllCause(

@@ -2,8 +2,17 @@
  * The key API's rules without IO: who may register, and the request limits. (Its OpenAPI document is
  * generated from its definition, in keyApiDefinition.ts.)
  */
+
+import { Either } from "effect"
 import { isLoopbackHost } from "../../shared/net.js"
 import type { GatewaySettings } from "../config/settings.js"
+import {
+  type CidrList,
+  formatIpAddress,
+  matchCidrList,
+  parseCidrList,
+  parseClientAddress,
+} from "../identity/addressPatterns.js"
 
 /** Largest request body the key API reads; a public key line is far smaller. */
 export const maxBodyBytes = 16 * 1024
@@ -37,6 +46,40 @@ export const registrationPolicyProblem = (
       "(--key-server-host 127.0.0.1), use --registration token, or, if you really mean it, add " +
       "--allow-open-registration-on-public-interface"
     : undefined
+
+/**
+ * Who a request comes from. From a trusted proxy (--trusted-proxies), the client is the rightmost
+ * address of X-Forwarded-For that is not itself a trusted proxy: each proxy appends the address it
+ * was reached from, so the entries to its left are whatever the client claimed. From anyone else the
+ * header is ignored, since anyone can write it.
+ */
+export const forwardedClient = (
+  socketAddress: string,
+  forwardedFor: string | undefined,
+  trusted: CidrList | undefined,
+): string => {
+  if (trusted === undefined || forwardedFor === undefined || !matchCidrList(trusted, socketAddress))
+    return socketAddress
+  const hops = forwardedFor
+    .split(",")
+    .map((hop) => hop.trim())
+    .filter((hop) => hop !== "")
+  for (let index = hops.length - 1; index >= 0; index--) {
+    const hop = parseClientAddress(hops[index] ?? "")
+    // Garbage where an address should be: the chain cannot be trusted past it.
+    if (hop === undefined) return socketAddress
+    const text = formatIpAddress(hop)
+    if (!matchCidrList(trusted, text)) return text
+  }
+  return socketAddress
+}
+
+/** --trusted-proxies as checked by the settings (spaces after commas allowed). */
+export const trustedProxiesOf = (text: string | undefined): CidrList | undefined => {
+  if (text === undefined) return undefined
+  const parsed = parseCidrList(text.replace(/\s+/g, ""))
+  return Either.isRight(parsed) ? parsed.right : undefined
+}
 
 /** The token of an `Authorization: Bearer <token>` header. */
 export const bearerToken = (header: string | undefined): string | undefined => {
