@@ -3,6 +3,7 @@
  * (bench/results/latest.json). See bench/README.md.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { createRequire } from "node:module"
 import { dirname } from "node:path"
 import {
   type Context,
@@ -21,6 +22,27 @@ import { latency } from "./scenarios/latency.js"
 import { memory } from "./scenarios/memory.js"
 import { payload } from "./scenarios/payload.js"
 import { throughput } from "./scenarios/throughput.js"
+
+/**
+ * Which crypto ssh2 ran with (the gateway, the relay and the bench's clients load the same ssh2): its
+ * optional native addon (AES-GCM, ChaCha20-Poly1305 in C) or Node's crypto alone, and whether its
+ * packet padding comes from a pool (the patch in patches/).
+ */
+const ssh2Crypto = (): string => {
+  const require = createRequire(import.meta.url)
+  let addon: string
+  try {
+    require("ssh2/lib/protocol/crypto/build/Release/sshcrypto.node")
+    addon = "native addon (sshcrypto.node) loaded"
+  } catch {
+    addon = "no native addon: Node crypto only"
+  }
+  const source = readFileSync(require.resolve("ssh2/lib/protocol/crypto.js"), "utf8")
+  const pooled = source.includes("fillPadding(")
+    ? "pooled padding (patched)"
+    : "randomFillSync per packet (unpatched)"
+  return `ssh2 crypto: ${addon}; ${pooled}`
+}
 
 const scenarios: Record<ScenarioName, (ctx: Context) => Promise<void>> = {
   latency,
@@ -63,6 +85,7 @@ const main = async (): Promise<number> => {
   const log = (line: string) =>
     process.stderr.write(`[bench ${((Date.now() - started) / 1_000).toFixed(1).padStart(5)} s] ${line}\n`)
   const results = new Results()
+  results.note(ssh2Crypto())
   const workspace = new Workspace()
   let failed = false
   try {

@@ -174,3 +174,49 @@ export const recoverId = (head: string, tail: string): JsonRpcId | null => {
 }
 
 export const encodeMessage = (message: JsonRpcMessage): string => `${JSON.stringify(message)}\n`
+
+/**
+ * A child's successful answer kept as the bytes it wrote, to reach the client with only its id
+ * replaced by the caller's: no parse, no re-encoding, no string copy of a large result. Only
+ * answers that are certainly well-formed successes get here (jsonScan.forwardableAnswer).
+ */
+export class ForwardedResponse {
+  constructor(
+    /** The child's line, without its newline. */
+    readonly line: Uint8Array,
+    /** Where the child's id is in `line`: [idStart, idEnd). */
+    readonly idStart: number,
+    readonly idEnd: number,
+    /** The caller's id, written in place of the child's. */
+    readonly id: JsonRpcId,
+  ) {}
+}
+
+/** An answer on its way to the client: a message the gateway made, or a child's answer as bytes. */
+export type OutgoingResponse = JsonRpcResponse | ForwardedResponse
+
+/** What goes to a client: any message, or a child's answer as bytes. */
+export type OutgoingMessage = JsonRpcMessage | ForwardedResponse
+
+/** The parsed form of an outgoing answer, for the few places that must look inside one. */
+export const parsedResponse = (response: OutgoingResponse): JsonRpcResponse => {
+  if (!(response instanceof ForwardedResponse)) return response
+  const parsed = JSON.parse(Buffer.from(response.line).toString("utf8")) as JsonRpcResponse
+  return { ...parsed, id: response.id }
+}
+
+const newline = Buffer.from("\n")
+
+/**
+ * An outgoing message as the pieces to write, in order: a forwarded answer is its bytes around the
+ * caller's id (slices of the child's line, not copies); any other message its JSON text.
+ */
+export const encodePieces = (message: OutgoingMessage): ReadonlyArray<string | Uint8Array> =>
+  message instanceof ForwardedResponse
+    ? [
+        message.line.subarray(0, message.idStart),
+        JSON.stringify(message.id),
+        message.line.subarray(message.idEnd),
+        newline,
+      ]
+    : [encodeMessage(message)]

@@ -14,8 +14,11 @@ import {
   type JsonRpcNotification,
   type JsonRpcRequest,
   type JsonRpcResponse,
+  type OutgoingResponse,
+  parsedResponse,
   recoverId,
 } from "../../shared/jsonRpc.js"
+import { forwardableAnswer } from "../../shared/jsonScan.js"
 import { LineFramer } from "../../shared/lineFramer.js"
 import { forEachChunk, writeWithBackpressure } from "../../shared/streams.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
@@ -38,11 +41,13 @@ export interface UpstreamConnection {
   readonly request: (request: JsonRpcRequest) => Effect.Effect<JsonRpcResponse, UpstreamError>
   /**
    * The same as a callback, for the per-call path: `done` gets the answer (with the caller's id) or
-   * the error, once. The returned function cancels the request at the child.
+   * the error, once. The returned function cancels the request at the child. With `takesBytes`, a
+   * successful answer that announces no task may come as the child's bytes (ForwardedResponse).
    */
   readonly call: (
     request: JsonRpcRequest,
-    done: (outcome: JsonRpcResponse | UpstreamError) => void,
+    done: (outcome: OutgoingResponse | UpstreamError) => void,
+    takesBytes?: boolean,
   ) => () => void
   /** Send a notification, or the answer to a request the child made. */
   readonly send: (message: JsonRpcNotification | JsonRpcResponse) => Effect.Effect<void, UpstreamError>
@@ -121,6 +126,13 @@ const makeLineHandler = (
   const invalid = (reason: string) =>
     new UpstreamError({ server: name, code: ErrorCode.InternalError, reason })
   const line = (bytes: Uint8Array): Effect.Effect<void> => {
+    // A plain success answer to a caller that takes bytes goes as it is, without a parse.
+    if (calls.takesBytes) {
+      const answer = forwardableAnswer(bytes)
+      if (answer !== undefined && calls.settleBytes(answer.id, bytes, answer.idStart, answer.idEnd)) {
+        return Effect.void
+      }
+    }
     const message = classifyLine(bytes)
     switch (message._tag) {
       case "Response": {
@@ -215,13 +227,13 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
 
     // The per-call path is plain callbacks: no fiber, no Deferred, a Node timer for the deadline
     // (progress refreshes it). It is what a tools/call costs, so it is kept lean.
-    const call = (message: JsonRpcRequest, done: (outcome: CallOutcome) => void) => {
+    const call = (message: JsonRpcRequest, done: (outcome: CallOutcome) => void, takesBytes = false) => {
       const refused = exitError ?? (stdinOpen() ? undefined : unavailable(name, "closed its input"))
       if (refused !== undefined) {
         done(refused)
         return () => {}
       }
-      const id = calls.open(message, done)
+      const id = calls.open(message, done, takesBytes)
       child.stdin.write(encodeMessage({ ...message, id }))
       return () => {
         if (calls.withdraw(id)) cancelAtChild(id, "cancelled by the client")
@@ -231,7 +243,9 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
     const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
       Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
         const cancel = call(message, (outcome) =>
-          resume(outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(outcome)),
+          resume(
+            outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(parsedResponse(outcome)),
+          ),
         )
         return Effect.sync(cancel)
       })

@@ -3,10 +3,17 @@
  * caller's id, a deadline that progress extends, and one outcome. The per-call path: plain
  * callbacks and a Node timer, no fiber.
  */
-import { isObject, type JsonRpcId, type JsonRpcRequest, type JsonRpcResponse } from "../../shared/jsonRpc.js"
+import {
+  ForwardedResponse,
+  isObject,
+  type JsonRpcId,
+  type JsonRpcRequest,
+  type OutgoingResponse,
+} from "../../shared/jsonRpc.js"
 import { UpstreamError } from "../errors.js"
 
-export type CallOutcome = JsonRpcResponse | UpstreamError
+/** A caller that took bytes may get a ForwardedResponse; others always get a parsed response. */
+export type CallOutcome = OutgoingResponse | UpstreamError
 
 interface Pending {
   readonly callerId: JsonRpcId
@@ -14,6 +21,8 @@ interface Pending {
   /** Fires when the request has been silent (no answer, no progress) for the whole timeout. */
   readonly timer: NodeJS.Timeout
   readonly progressKey: string | undefined
+  /** The caller writes the answer as it is: it may have the child's bytes rather than a parse. */
+  readonly takesBytes: boolean
 }
 
 const progressKeyOf = (token: unknown) => JSON.stringify(token)
@@ -25,6 +34,8 @@ export class PendingCalls {
   private nextId = 1
   /** Called once when the last pending request is settled or withdrawn (a drain waits on it). */
   private idleWaiters: Array<() => void> = []
+  /** Pending requests whose caller takes bytes: while none is, no answer is worth scanning. */
+  private bytesTakers = 0
 
   constructor(
     private readonly timeoutMillis: number,
@@ -33,8 +44,11 @@ export class PendingCalls {
     private readonly cancelAtChild: (id: number, reason: string) => void,
   ) {}
 
-  /** Register a request; the id to send it to the child under. `done` gets the outcome, once. */
-  open(request: JsonRpcRequest, done: (outcome: CallOutcome) => void): number {
+  /**
+   * Register a request; the id to send it to the child under. `done` gets the outcome, once: a
+   * ForwardedResponse only when `takesBytes`.
+   */
+  open(request: JsonRpcRequest, done: (outcome: CallOutcome) => void, takesBytes = false): number {
     const id = this.nextId++
     const meta = request.params?._meta
     const token = isObject(meta) ? meta.progressToken : undefined
@@ -43,7 +57,8 @@ export class PendingCalls {
       if (this.settle(id, this.timedOut(id))) this.cancelAtChild(id, "request timed out at the gateway")
     }, this.timeoutMillis)
     timer.unref()
-    this.pending.set(id, { callerId: request.id, done, timer, progressKey })
+    this.pending.set(id, { callerId: request.id, done, timer, progressKey, takesBytes })
+    if (takesBytes) this.bytesTakers++
     if (progressKey !== undefined) this.progressOwners.set(progressKey, id)
     return id
   }
@@ -53,7 +68,27 @@ export class PendingCalls {
     const entry = typeof id === "number" ? this.pending.get(id) : undefined
     if (entry === undefined || typeof id !== "number") return false
     this.forget(id, entry)
-    entry.done(outcome instanceof UpstreamError ? outcome : { ...outcome, id: entry.callerId })
+    if (outcome instanceof UpstreamError) entry.done(outcome)
+    else if (outcome instanceof ForwardedResponse) {
+      entry.done(new ForwardedResponse(outcome.line, outcome.idStart, outcome.idEnd, entry.callerId))
+    } else entry.done({ ...outcome, id: entry.callerId })
+    return true
+  }
+
+  /** Whether some pending caller takes an answer as bytes (else scanning answers is wasted). */
+  get takesBytes(): boolean {
+    return this.bytesTakers > 0
+  }
+
+  /**
+   * Settle `id` with the child's answer as bytes, the id at [idStart, idEnd) to be replaced by the
+   * caller's; false (nothing done) when `id` is not pending or its caller wants a parsed answer.
+   */
+  settleBytes(id: number, line: Uint8Array, idStart: number, idEnd: number): boolean {
+    const entry = this.pending.get(id)
+    if (entry === undefined || !entry.takesBytes) return false
+    this.forget(id, entry)
+    entry.done(new ForwardedResponse(line, idStart, idEnd, entry.callerId))
     return true
   }
 
@@ -87,6 +122,7 @@ export class PendingCalls {
 
   private forget(id: number, entry: Pending) {
     this.pending.delete(id)
+    if (entry.takesBytes) this.bytesTakers--
     clearTimeout(entry.timer)
     if (entry.progressKey !== undefined) this.progressOwners.delete(entry.progressKey)
     if (this.pending.size === 0 && this.idleWaiters.length > 0) {

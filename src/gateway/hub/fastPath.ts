@@ -9,7 +9,7 @@ import { UpstreamError } from "../errors.js"
 import type { SessionChildren } from "./children.js"
 import type { SessionProtocol } from "./protocol.js"
 import type { RoutingTable } from "./routing.js"
-import { fromUpstreamError, type Routed, stringParam, taskIdOf } from "./types.js"
+import { type Answered, fromUpstreamError, stringParam, taskIdOf } from "./types.js"
 
 /** A call under way on the fast path: `cancel` withdraws it at the child. */
 export interface FastCall {
@@ -18,7 +18,7 @@ export interface FastCall {
   readonly cancel: () => void
 }
 
-export type FastPath = (request: JsonRpcRequest, done: (routed: Routed) => void) => FastCall | undefined
+export type FastPath = (request: JsonRpcRequest, done: (answered: Answered) => void) => FastCall | undefined
 
 export const makeFastPath =
   (protocol: SessionProtocol, routing: RoutingTable, children: SessionChildren): FastPath =>
@@ -45,10 +45,14 @@ export const makeFastPath =
     const ready = server === undefined ? undefined : children.ready(server)
     if (server === undefined || ready === undefined) return undefined
     const owner = server
-    const cancel = ready.connection.call(forwarded, (outcome) => {
-      const response = outcome instanceof UpstreamError ? fromUpstreamError(request.id, outcome) : outcome
-      routing.noteTask(taskIdOf(response), owner)
-      done({ response, server: owner, target })
-    })
+    const cancel = ready.connection.call(
+      forwarded,
+      (outcome) => {
+        const response = outcome instanceof UpstreamError ? fromUpstreamError(request.id, outcome) : outcome
+        routing.noteTask(taskIdOf(response), owner)
+        done({ response, server: owner, target })
+      },
+      true,
+    )
     return { server: owner, target, cancel }
   }

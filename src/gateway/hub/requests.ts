@@ -5,11 +5,17 @@
  * Either way it gets one audit line, answered or cancelled.
  */
 import { Effect, Fiber, FiberSet, type Scope } from "effect"
-import { ErrorCode, errorResponse, type JsonRpcRequest, type JsonRpcResponse } from "../../shared/jsonRpc.js"
+import {
+  ErrorCode,
+  errorResponse,
+  ForwardedResponse,
+  type JsonRpcRequest,
+  type OutgoingResponse,
+} from "../../shared/jsonRpc.js"
 import { Metrics } from "../ops/Metrics.js"
 import type { Audit } from "../session/Audit.js"
 import type { FastPath } from "./fastPath.js"
-import type { ClientIdentity, Routed } from "./types.js"
+import type { Answered, ClientIdentity, Routed } from "./types.js"
 
 /**
  * Start answering `request`; `respond` gets the answer once unless it is cancelled first. The
@@ -17,11 +23,14 @@ import type { ClientIdentity, Routed } from "./types.js"
  */
 export type StartRequest = (
   request: JsonRpcRequest,
-  respond: (response: JsonRpcResponse) => void,
+  respond: (response: OutgoingResponse) => void,
 ) => Effect.Effect<void>
 
-const outcomeOf = (response: JsonRpcResponse) =>
-  response.error === undefined ? "ok" : `error ${response.error.code}`
+/** A forwarded answer is a success: errors are never forwarded as bytes. */
+const outcomeOf = (response: OutgoingResponse) =>
+  response instanceof ForwardedResponse || response.error === undefined
+    ? "ok"
+    : `error ${response.error.code}`
 
 export const makeRequests = (
   route: (request: JsonRpcRequest) => Effect.Effect<Routed>,
@@ -29,7 +38,7 @@ export const makeRequests = (
   audit: Audit["Type"],
   client: ClientIdentity,
   /** An answer for a request refused before routing (over the identity's rate limit), else undefined. */
-  refuse: (request: JsonRpcRequest) => JsonRpcResponse | undefined = () => undefined,
+  refuse: (request: JsonRpcRequest) => OutgoingResponse | undefined = () => undefined,
 ): Effect.Effect<StartRequest, never, Scope.Scope> =>
   Effect.gen(function* () {
     const run = yield* FiberSet.makeRuntime<never, void, never>()
@@ -49,7 +58,7 @@ export const makeRequests = (
           outcome,
         })
       }
-      const finish = (routed: Routed) => {
+      const finish = (routed: Answered) => {
         if (settled) return
         settled = true
         record(routed.server, routed.target, outcomeOf(routed.response))

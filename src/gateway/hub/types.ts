@@ -3,11 +3,13 @@ import type { Effect } from "effect"
 import {
   ErrorCode,
   errorResponse,
+  ForwardedResponse,
   isObject,
   type JsonObject,
   type JsonRpcId,
-  type JsonRpcMessage,
   type JsonRpcResponse,
+  type OutgoingMessage,
+  type OutgoingResponse,
 } from "../../shared/jsonRpc.js"
 import type { UpstreamError } from "../errors.js"
 
@@ -30,7 +32,7 @@ export interface ClientIdentity {
  * a client that stops reading stops its children's output too and the gateway's memory stays flat.
  */
 export interface ClientOutput {
-  readonly write: (message: JsonRpcMessage) => void
+  readonly write: (message: OutgoingMessage) => void
   /** Completes at once while the client's channel has room, else when it has drained. */
   readonly ready: Effect.Effect<void>
 }
@@ -38,6 +40,13 @@ export interface ClientOutput {
 /** What a request was routed to, for the audit line. */
 export interface Routed {
   readonly response: JsonRpcResponse
+  readonly server?: string | undefined
+  readonly target?: string | undefined
+}
+
+/** What the fast path answers with: a child's success answer may be its bytes (ForwardedResponse). */
+export interface Answered {
+  readonly response: OutgoingResponse
   readonly server?: string | undefined
   readonly target?: string | undefined
 }
@@ -66,8 +75,12 @@ export const stringParam = (params: JsonObject | undefined, key: string): string
 export const optionalParams = (params: JsonObject | undefined): { params?: JsonObject } =>
   params === undefined ? {} : { params }
 
-/** The id of a task a result announces, if any (tasks extension). */
-export const taskIdOf = (response: JsonRpcResponse): string | undefined => {
+/**
+ * The id of a task a result announces, if any (tasks extension). A forwarded answer announces none:
+ * a result with a "task" member is never forwarded as bytes.
+ */
+export const taskIdOf = (response: OutgoingResponse): string | undefined => {
+  if (response instanceof ForwardedResponse) return undefined
   const task = isObject(response.result) ? response.result.task : undefined
   return isObject(task) && typeof task.taskId === "string" ? task.taskId : undefined
 }

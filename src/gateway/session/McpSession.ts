@@ -14,12 +14,12 @@ import { Context, Effect, Layer } from "effect"
 import {
   classifyLine,
   ErrorCode,
-  encodeMessage,
+  encodePieces,
   errorResponse,
   isNotificationMethod,
   type JsonRpcId,
-  type JsonRpcMessage,
   type JsonRpcRequest,
+  type OutgoingMessage,
   recoverId,
 } from "../../shared/jsonRpc.js"
 import { type Frame, LineFramer } from "../../shared/lineFramer.js"
@@ -76,7 +76,12 @@ class InFlight {
   }
 
   /** Start a request through the Hub; its answer is written unless it is cancelled first. */
-  start(session: HubSession, request: JsonRpcRequest, key: string, write: (message: JsonRpcMessage) => void) {
+  start(
+    session: HubSession,
+    request: JsonRpcRequest,
+    key: string,
+    write: (message: OutgoingMessage) => void,
+  ) {
     let answered = false
     const cancel = session.request(request, (response) => {
       answered = true
@@ -123,21 +128,54 @@ class InFlight {
   }
 }
 
+/** A piece at least this large is written on its own, as it is: joining it would copy it. */
+const ownWriteBytes = 64 * 1024
+
 /**
  * Messages written in the same turn reach the channel as one write, so one SSH packet, one
  * encryption and one syscall carry them all (answers to a burst of calls, notifications around an
- * answer). Flushed on a microtask, before any I/O, and at the session's end.
+ * answer). Flushed on a microtask, before any I/O, and at the session's end. A forwarded answer's
+ * bytes join the others when small; a large one goes as its own write, uncopied.
  */
 export const coalescedWriter = (output: Writable) => {
-  let pending = ""
+  let pieces: Array<string | Uint8Array> = []
+  let hasBytes = false
   const flush = () => {
-    const text = pending
-    pending = ""
-    if (text !== "" && !output.destroyed && !output.writableEnded) output.write(text)
+    const all = pieces
+    pieces = []
+    const bytes = hasBytes
+    hasBytes = false
+    if (all.length === 0 || output.destroyed || output.writableEnded) return
+    // The common cases: only messages the gateway made (one string), or one small answer.
+    if (!bytes) return void output.write(all.length === 1 ? all[0] : all.join(""))
+    let run: Array<Buffer> = []
+    let runBytes = 0
+    const writeRun = () => {
+      if (run.length === 0) return
+      output.write(run.length === 1 ? run[0] : Buffer.concat(run, runBytes))
+      run = []
+      runBytes = 0
+    }
+    for (const piece of all) {
+      const buffer =
+        typeof piece === "string"
+          ? Buffer.from(piece)
+          : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength)
+      if (buffer.length >= ownWriteBytes) {
+        writeRun()
+        output.write(buffer)
+      } else {
+        run.push(buffer)
+        runBytes += buffer.length
+      }
+    }
+    writeRun()
   }
-  const write = (message: JsonRpcMessage) => {
-    if (pending === "") queueMicrotask(flush)
-    pending += encodeMessage(message)
+  const write = (message: OutgoingMessage) => {
+    if (pieces.length === 0) queueMicrotask(flush)
+    const encoded = encodePieces(message)
+    if (encoded.length > 1) hasBytes = true
+    for (const piece of encoded) pieces.push(piece)
   }
   return { write, flush }
 }
@@ -226,7 +264,7 @@ export const McpSessionLive = Layer.effect(
 interface FrameContext {
   readonly session: HubSession
   readonly inFlight: InFlight
-  readonly write: (message: JsonRpcMessage) => void
+  readonly write: (message: OutgoingMessage) => void
   readonly maxLineBytes: number
   readonly draining: () => boolean
   readonly metrics: MetricsShape

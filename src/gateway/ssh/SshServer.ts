@@ -18,12 +18,14 @@ import {
   Runtime,
   Schedule,
 } from "effect"
+import { expandHome } from "../../shared/paths.js"
 import { type Algorithms, type Connection, type ServerChannel, Ssh2Server } from "../../shared/ssh2.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ListenError } from "../errors.js"
 import type { ClientIdentity } from "../hub/Hub.js"
 import { KeyStore } from "../keys/KeyStore.js"
 import { RevokedKeys } from "../keys/RevokedKeys.js"
+import { recentWithin, watchFiles } from "../keys/recentFiles.js"
 import { Drain } from "../ops/Drain.js"
 import { Metrics } from "../ops/Metrics.js"
 import { McpSession } from "../session/McpSession.js"
@@ -117,18 +119,29 @@ export const SshServerLive = Layer.scoped(
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const live = new LiveConnections()
+    /** Both files as they are now (each re-read only when it changed). */
+    const files = Effect.zip(keyStore.snapshot, revokedKeys.current)
+    // From memory at each authentication step: both files are looked at (a stat each) at most every
+    // 100 ms, and at once after a watch event on either. Revocations still end live sessions at once.
+    const recentFiles = recentWithin(files, 100)
+    yield* watchFiles(
+      [keyStore.path, ...(settings.revokedKeys === undefined ? [] : [expandHome(settings.revokedKeys)])],
+      recentFiles.invalidate,
+    )
     const revocations = yield* keyStore.revocations
     yield* Effect.forkScoped(
       Effect.forever(
         Effect.flatMap(Queue.take(revocations), (fingerprint) =>
-          Effect.sync(() => live.endAll(fingerprint, "the key was revoked")),
+          Effect.sync(() => {
+            // First: a login that checks after this sees the key gone, not the remembered files.
+            recentFiles.invalidate()
+            live.endAll(fingerprint, "the key was revoked")
+          }),
         ),
       ),
     )
 
-    /** Both files as they are now (each re-read only when it changed). */
-    const files = Effect.zip(keyStore.snapshot, revokedKeys.current)
-    const credentials: Effect.Effect<Credentials> = Effect.map(files, ([snapshot, revoked]) => ({
+    const credentials: Effect.Effect<Credentials> = Effect.map(recentFiles.get, ([snapshot, revoked]) => ({
       keys: snapshot.keys,
       revoked,
     }))

@@ -1,0 +1,286 @@
+/**
+ * A validating JSON scanner over bytes, for forwarding a child's answer without parsing it: one pass
+ * checks the line is JSON exactly as JSON.parse would accept it (given valid UTF-8), and notes where
+ * the top-level members' values are. No string, object or copy of the line is made, so a result of
+ * megabytes costs one loop over its bytes. Iterative (an explicit stack), so deep nesting cannot
+ * overflow the call stack.
+ */
+import { isUtf8 } from "node:buffer"
+
+/** A top-level member: where its key is (with its quotes) and where its value is, as byte offsets. */
+export interface ScannedMember {
+  readonly keyStart: number
+  readonly keyEnd: number
+  readonly start: number
+  readonly end: number
+}
+
+/** A key as [start, end) offsets, quotes included. */
+export interface KeySpan {
+  readonly keyStart: number
+  readonly keyEnd: number
+}
+
+export interface ScannedObject {
+  /** The top-level members in order (a duplicate key appears twice, as written). */
+  readonly members: ReadonlyArray<ScannedMember>
+  /** Keys of the object that is the value of the top-level "result" member. */
+  readonly resultKeys: ReadonlyArray<KeySpan>
+}
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const OPEN_BRACE = 0x7b
+const CLOSE_BRACE = 0x7d
+const OPEN_BRACKET = 0x5b
+const CLOSE_BRACKET = 0x5d
+const COMMA = 0x2c
+const COLON = 0x3a
+const MINUS = 0x2d
+const PLUS = 0x2b
+const DOT = 0x2e
+const ZERO = 0x30
+const NINE = 0x39
+
+const isSpace = (c: number) => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d
+const isDigit = (c: number) => c >= ZERO && c <= NINE
+const isHex = (c: number) => (c >= ZERO && c <= NINE) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66)
+
+const skipSpace = (b: Uint8Array, i: number): number => {
+  while (i < b.length && isSpace(b[i] as number)) i++
+  return i
+}
+
+/** End of the string that opens at `i` (just past its closing quote), or -1 when it is not valid. */
+const skipString = (b: Uint8Array, i: number): number => {
+  const n = b.length
+  i++
+  while (i < n) {
+    const c = b[i] as number
+    if (c === QUOTE) return i + 1
+    if (c === BACKSLASH) {
+      const e = b[i + 1]
+      if (e === 0x75) {
+        // \uXXXX
+        if (i + 5 >= n) return -1
+        if (!isHex(b[i + 2] as number) || !isHex(b[i + 3] as number)) return -1
+        if (!isHex(b[i + 4] as number) || !isHex(b[i + 5] as number)) return -1
+        i += 6
+        continue
+      }
+      // " \ / b f n r t
+      if (
+        e === QUOTE ||
+        e === BACKSLASH ||
+        e === 0x2f ||
+        e === 0x62 ||
+        e === 0x66 ||
+        e === 0x6e ||
+        e === 0x72 ||
+        e === 0x74
+      ) {
+        i += 2
+        continue
+      }
+      return -1
+    }
+    if (c < 0x20) return -1
+    i++
+  }
+  return -1
+}
+
+/** End of the number that starts at `i`, or -1 when it does not follow JSON's grammar. */
+const skipNumber = (b: Uint8Array, i: number): number => {
+  if (b[i] === MINUS) i++
+  if (b[i] === ZERO) i++
+  else if (isDigit(b[i] ?? -1)) while (isDigit(b[i] ?? -1)) i++
+  else return -1
+  if (b[i] === DOT) {
+    i++
+    if (!isDigit(b[i] ?? -1)) return -1
+    while (isDigit(b[i] ?? -1)) i++
+  }
+  if (b[i] === 0x65 || b[i] === 0x45) {
+    i++
+    if (b[i] === PLUS || b[i] === MINUS) i++
+    if (!isDigit(b[i] ?? -1)) return -1
+    while (isDigit(b[i] ?? -1)) i++
+  }
+  return i
+}
+
+const matches = (b: Uint8Array, i: number, word: string): boolean => {
+  for (let k = 0; k < word.length; k++) if (b[i + k] !== word.charCodeAt(k)) return false
+  return true
+}
+
+/** Whether the key at [start, end) (quotes included) is `word` spelled without escapes. */
+const isKey = (b: Uint8Array, key: KeySpan, word: string): boolean =>
+  key.keyEnd - key.keyStart === word.length + 2 && matches(b, key.keyStart + 1, word)
+
+/** Whether the key has an escape: it might spell any name, so it is not judged by its bytes. */
+const hasEscape = (b: Uint8Array, key: KeySpan): boolean => {
+  for (let k = key.keyStart + 1; k < key.keyEnd - 1; k++) if (b[k] === BACKSLASH) return true
+  return false
+}
+
+// Containers on the stack.
+const IN_OBJECT = 1
+const IN_ARRAY = 2
+
+/**
+ * Scan one JSON text. Returns its top-level object's members, or undefined when the text is not
+ * valid JSON or not an object. Accepts exactly what JSON.parse accepts after a strict UTF-8 decode,
+ * except a leading byte-order mark (which the decode would strip): refused here.
+ */
+export const scanObject = (b: Uint8Array): ScannedObject | undefined => {
+  if (!isUtf8(b)) return undefined
+  const n = b.length
+  let i = skipSpace(b, 0)
+  if (b[i] !== OPEN_BRACE) return undefined
+  const members: Array<ScannedMember> = []
+  const resultKeys: Array<KeySpan> = []
+  const stack: Array<number> = []
+  /** Depth of the container we are in: 1 is the top-level object. */
+  let depth = 0
+  /** The depth-2 object that is the top-level "result" value, when we are in it. */
+  let inResult = false
+  let memberKeyStart = -1
+  let memberKeyEnd = -1
+  let memberStart = -1
+  // Each turn parses one value at `i` (after white space), then what follows it in its container.
+  let expectKey = false
+  i++
+  stack.push(IN_OBJECT)
+  depth = 1
+  i = skipSpace(b, i)
+  if (b[i] === CLOSE_BRACE) {
+    i = skipSpace(b, i + 1)
+    return i === n ? { members, resultKeys } : undefined
+  }
+  expectKey = true
+  while (true) {
+    if (expectKey) {
+      // A key, a colon, then the value.
+      if (b[i] !== QUOTE) return undefined
+      const keyEnd = skipString(b, i)
+      if (keyEnd < 0) return undefined
+      if (depth === 1) {
+        memberKeyStart = i
+        memberKeyEnd = keyEnd
+      } else if (depth === 2 && inResult) resultKeys.push({ keyStart: i, keyEnd })
+      i = skipSpace(b, keyEnd)
+      if (b[i] !== COLON) return undefined
+      i = skipSpace(b, i + 1)
+      expectKey = false
+    }
+    if (depth === 1) memberStart = i
+    // One value.
+    const c = b[i]
+    let end: number
+    if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+      const object = c === OPEN_BRACE
+      if (depth === 1) {
+        inResult = object && isKey(b, { keyStart: memberKeyStart, keyEnd: memberKeyEnd }, "result")
+      }
+      stack.push(object ? IN_OBJECT : IN_ARRAY)
+      depth++
+      i = skipSpace(b, i + 1)
+      if (b[i] === (object ? CLOSE_BRACE : CLOSE_BRACKET)) {
+        // Empty container: it is a complete value.
+        stack.pop()
+        depth--
+        end = i + 1
+      } else {
+        expectKey = object
+        continue
+      }
+    } else if (c === QUOTE) {
+      end = skipString(b, i)
+    } else if (c === MINUS || isDigit(c ?? -1)) {
+      end = skipNumber(b, i)
+    } else if (c === 0x74) {
+      end = matches(b, i, "true") ? i + 4 : -1
+    } else if (c === 0x66) {
+      end = matches(b, i, "false") ? i + 5 : -1
+    } else if (c === 0x6e) {
+      end = matches(b, i, "null") ? i + 4 : -1
+    } else {
+      return undefined
+    }
+    if (end < 0) return undefined
+    // After a complete value: close containers as far as they end here, else a comma.
+    while (true) {
+      if (depth === 1) {
+        members.push({ keyStart: memberKeyStart, keyEnd: memberKeyEnd, start: memberStart, end })
+      }
+      i = skipSpace(b, end)
+      const container = stack[stack.length - 1]
+      const next = b[i]
+      if (next === COMMA) {
+        i = skipSpace(b, i + 1)
+        expectKey = container === IN_OBJECT
+        break
+      }
+      if (next !== (container === IN_OBJECT ? CLOSE_BRACE : CLOSE_BRACKET)) return undefined
+      stack.pop()
+      depth--
+      end = i + 1
+      if (depth === 1) inResult = false
+      if (depth === 0) {
+        i = skipSpace(b, end)
+        return i === n ? { members, resultKeys } : undefined
+      }
+    }
+  }
+}
+
+/** Where a child's answer can be forwarded as its bytes, with only the id replaced. */
+export interface ForwardableAnswer {
+  /** The id the child answered (the gateway's own, a number). */
+  readonly id: number
+  /** The id's bytes in the line: [idStart, idEnd). */
+  readonly idStart: number
+  readonly idEnd: number
+}
+
+const JSONRPC_2_0 = '"2.0"'
+
+/**
+ * A successful answer that needs no parse: valid JSON, "jsonrpc":"2.0", a numeric "id", a "result"
+ * and no "error" or "method", each key once and unescaped, and a result that announces no task (a
+ * task's id must be routed, so such a result is parsed). Anything else is undefined: parse it.
+ */
+export const forwardableAnswer = (line: Uint8Array): ForwardableAnswer | undefined => {
+  const scanned = scanObject(line)
+  if (scanned === undefined) return undefined
+  let id: ScannedMember | undefined
+  let jsonrpc: ScannedMember | undefined
+  let result = false
+  for (const member of scanned.members) {
+    if (isKey(line, member, "id")) {
+      if (id !== undefined) return undefined
+      id = member
+    } else if (isKey(line, member, "jsonrpc")) {
+      if (jsonrpc !== undefined) return undefined
+      jsonrpc = member
+    } else if (isKey(line, member, "result")) {
+      if (result) return undefined
+      result = true
+    } else if (isKey(line, member, "error") || isKey(line, member, "method") || hasEscape(line, member)) {
+      // An error or a method makes it no success answer; an escaped key might spell any name.
+      return undefined
+    }
+  }
+  if (id === undefined || jsonrpc === undefined || !result) return undefined
+  if (jsonrpc.end - jsonrpc.start !== JSONRPC_2_0.length || !matches(line, jsonrpc.start, JSONRPC_2_0)) {
+    return undefined
+  }
+  const first = line[id.start]
+  if (first !== MINUS && !isDigit(first ?? -1)) return undefined
+  for (const key of scanned.resultKeys) if (isKey(line, key, "task") || hasEscape(line, key)) return undefined
+  let text = ""
+  for (let k = id.start; k < id.end; k++) text += String.fromCharCode(line[k] as number)
+  return { id: Number(text), idStart: id.start, idEnd: id.end }
+}
