@@ -3,7 +3,9 @@ import { Layer, Logger } from "effect"
 import { logLevelOf } from "../shared/logLevel.js"
 import { IdentityLimitsLive } from "./access/IdentityLimits.js"
 import { CatalogLive } from "./children/Catalog.js"
+import { ChildBudgetLive } from "./children/ChildBudget.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
+import { SharedChildrenLive } from "./children/SharedChildren.js"
 import { UpstreamLive } from "./children/Upstream.js"
 import { ConfigSource } from "./config/ConfigSource.js"
 import { GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.js"
@@ -35,6 +37,8 @@ const ServersLayer = Layer.mergeAll(ReloadTriggersLive, ReloadTargetLive).pipe(
 export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
   Layer.provide(Layer.merge(AuditLive, IdentityLimitsLive)),
+  Layer.provideMerge(SharedChildrenLive),
+  Layer.provideMerge(ChildBudgetLive),
   // The Catalog also tells the gateway's status how each server did at its probe.
   Layer.provideMerge(ServersLayer),
 )

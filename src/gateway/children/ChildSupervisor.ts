@@ -8,6 +8,7 @@ import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
 import { Metrics } from "../ops/Metrics.js"
+import type { ChildBudgetShape } from "./ChildBudget.js"
 import type { ChildMessage, Upstream, UpstreamConnection, UpstreamOptions } from "./Upstream.js"
 
 /** What the gateway tells a child in initialize: the client's own version, capabilities and identity. */
@@ -35,6 +36,9 @@ export interface SupervisedChild {
   readonly state: () => ChildState
   /** Completes once the first start has succeeded or failed. */
   readonly settled: Effect.Effect<void>
+  /** How often it was restarted, and since when (epoch ms) the current life is ready: for the admin. */
+  readonly restarts?: () => number
+  readonly readySince?: () => number | undefined
 }
 
 export interface SupervisorHooks {
@@ -58,6 +62,10 @@ export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout
   readonly backoffCap?: Duration.Duration
   /** Who shares the child, for the metrics' `scope` label (default: session). */
   readonly scope?: string
+  /** The process budget: each life takes a place before it spawns. */
+  readonly budget?: ChildBudgetShape
+  /** The identity whose budget the child counts against (none for a child shared by all). */
+  readonly owner?: string
 }
 
 /** A child that stayed up this long is considered healthy again: its next restart starts fast. */
@@ -81,7 +89,15 @@ export const superviseChild = (
   Effect.gen(function* () {
     let state: ChildState = { _tag: "Starting" }
     const firstSettled = yield* Deferred.make<void>()
-    const child: SupervisedChild = { server, state: () => state, settled: Deferred.await(firstSettled) }
+    let restarts = 0
+    let readySince: number | undefined
+    const child: SupervisedChild = {
+      server,
+      state: () => state,
+      settled: Deferred.await(firstSettled),
+      restarts: () => restarts,
+      readySince: () => readySince,
+    }
     const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       Effect.annotateLogs(effect, { server: server.name })
     const metrics = yield* Metrics
@@ -97,6 +113,18 @@ export const superviseChild = (
 
     /** One life of the child: start, handshake, serve until it exits. Returns how long it was up. */
     const life = Effect.gen(function* () {
+      if (options.budget !== undefined) {
+        yield* options.budget.take(options.owner).pipe(
+          Effect.mapError(
+            (refused) =>
+              new UpstreamError({
+                server: server.name,
+                code: ErrorCode.ServerUnavailable,
+                reason: refused.message,
+              }),
+          ),
+        )
+      }
       const connection = yield* upstream.start(server, {
         maxLineBytes: options.maxLineBytes,
         stopTimeout: options.stopTimeout,
@@ -137,6 +165,7 @@ export const superviseChild = (
           .pipe(Effect.ignore)
       }
       const readyAt = Date.now()
+      readySince = readyAt
       yield* setState({
         _tag: "Ready",
         connection,
@@ -167,6 +196,8 @@ export const superviseChild = (
         yield* setState({ _tag: "Down", reason, retryInMillis: Duration.toMillis(delay) })
         yield* Effect.sleep(delay)
         metrics.childRestarted(server.name)
+        restarts++
+        readySince = undefined
         yield* setState({ _tag: "Starting" })
       }
     })
