@@ -3,8 +3,12 @@
  * table), every concurrent call answered to its own caller, a shared child's crash confined to it,
  * the idle stop and the next lazy start, and the process budget's error.
  */
+import { execFile } from "node:child_process"
+import { writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { promisify } from "node:util"
 import { afterEach, describe, expect, it } from "vitest"
-import { disposeGateway, node, type RunningGateway, startGateway } from "./support/gateway.js"
+import { disposeGateway, mainScript, node, type RunningGateway, startGateway } from "./support/gateway.js"
 import { childrenOf, waitUntil } from "./support/processes.js"
 import { connect, type LineChannel, openLineChannel } from "./support/ssh.js"
 
@@ -25,6 +29,9 @@ const textOf = (message: Record<string, unknown>) => JSON.stringify(message.resu
 
 const call = (channel: LineChannel, id: string, name: string, args: Record<string, unknown>) =>
   channel.request(id, "tools/call", { name, arguments: args })
+
+const run = promisify(execFile)
+const adminToken = "shared-servers-admin-token"
 
 describe("shared servers", () => {
   it("50 sessions run one process, and 2,000 concurrent calls each get their own answer", async () => {
@@ -122,5 +129,52 @@ describe("shared servers", () => {
     })
     await gateway.waitForLog(/the gateway runs 1 children, its --max-children limit of 1/)
     connection.end()
+  }, 60_000)
+
+  it("GET /admin/servers and mcp-ssh-server servers list show the running children", async () => {
+    gateway = await startGateway({
+      servers: {
+        hub: { ...node("mini-server.mjs"), scope: "shared", start: "eager" },
+        own: node("mini-server.mjs"),
+      },
+      keyApi: true,
+      flags: ["--admin-token", adminToken],
+    })
+    const running = gateway
+    const sessions = await Promise.all([openSession(running, ""), openSession(running, "")])
+    await waitUntil(() => childrenOf(running.pid).length === 3, 10_000, "three children")
+    const response = await fetch(`${running.keyApiUrl}/admin/servers`, {
+      headers: { authorization: `Bearer ${adminToken}` },
+    })
+    const body = (await response.json()) as { children: Array<Record<string, unknown>> }
+    const hub = body.children.filter((child) => child.server === "hub")
+    expect(hub).toEqual([
+      expect.objectContaining({ scope: "shared", state: "ready", identity: null, sessions: 2, restarts: 0 }),
+    ])
+    expect(hub[0]?.rss_bytes).toBeGreaterThan(1024 * 1024)
+    expect(body.children.filter((child) => child.server === "own")).toHaveLength(2)
+    const pids = body.children.map((child) => child.pid).sort()
+    expect(pids).toEqual([...childrenOf(running.pid)].sort())
+    expect((await fetch(`${running.keyApiUrl}/admin/servers`)).status).toBe(401)
+
+    const tokenFile = join(running.dir, "admin-token")
+    writeFileSync(tokenFile, adminToken, { mode: 0o600 })
+    const port = new URL(running.keyApiUrl ?? "").port
+    const listed = await run(process.execPath, [
+      mainScript,
+      "servers",
+      "list",
+      "--key-server-port",
+      port,
+      "--admin-token-file",
+      tokenFile,
+      "--servers-config",
+      join(running.dir, "servers_config.json"),
+    ])
+    const lines = listed.stdout.trim().split("\n")
+    expect(lines[0]).toMatch(/^server\s+scope\s+state\s+pid\s+identity\s+sessions\s+uptime\s+restarts\s+rss$/)
+    expect(lines.filter((line) => /^hub\s+shared\s+ready\s+\d+\s+-\s+2\s/.test(line))).toHaveLength(1)
+    expect(lines.filter((line) => line.startsWith("own "))).toHaveLength(2)
+    for (const { connection } of sessions) connection.end()
   }, 60_000)
 })

@@ -5,6 +5,7 @@ import { IdentityLimitsLive } from "./access/IdentityLimits.js"
 import { CatalogLive } from "./children/Catalog.js"
 import { ChildBudgetLive } from "./children/ChildBudget.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
+import { ChildRegistryLive } from "./children/ChildRegistry.js"
 import { SharedChildrenLive } from "./children/SharedChildren.js"
 import { UpstreamLive } from "./children/Upstream.js"
 import { ConfigSource } from "./config/ConfigSource.js"
@@ -76,7 +77,11 @@ export const GatewayWithKeyApiLayer = Layer.merge(
  * The drain, the status that /ready reports and the Reloader: one of each, built first (the key API
  * answers while the servers are probed), shared by all.
  */
-export const OpsLayer = Layer.merge(GatewayStatusLive.pipe(Layer.provideMerge(DrainLive)), ReloaderLive)
+export const OpsLayer = Layer.mergeAll(
+  GatewayStatusLive.pipe(Layer.provideMerge(DrainLive)),
+  ReloaderLive,
+  ChildRegistryLive,
+)
 
 /** `load` reads the configuration again, for reloads. */
 export const gatewayFromConfig = (config: GatewayConfigShape, load: ConfigSource["Type"]["load"]) =>

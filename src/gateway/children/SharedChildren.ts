@@ -15,21 +15,10 @@ import { UpstreamError } from "../errors.js"
 import { latestHandshakeVersion } from "../hub/mcp.js"
 import { Catalog } from "./Catalog.js"
 import { ChildBudget } from "./ChildBudget.js"
+import { ChildRegistry, type RunningChild } from "./ChildRegistry.js"
 import { type ClientHandshake, type SupervisedChild, superviseChild } from "./ChildSupervisor.js"
 import { type LeaseHooks, Multiplexer } from "./multiplex.js"
 import { Upstream } from "./Upstream.js"
-
-/** A running child as the admin lists it. */
-export interface RunningChild {
-  readonly server: string
-  readonly scope: string
-  readonly state: string
-  readonly pid: number | undefined
-  readonly identity: string | undefined
-  readonly sessions: number
-  readonly readySince: number | undefined
-  readonly restarts: number
-}
 
 export interface SharedChildrenShape {
   /** A session's hold on the server's shared (or its identity's) child, until the scope closes. */
@@ -94,6 +83,7 @@ export const SharedChildrenLive = Layer.scoped(
     const pools = new Map<string, Pool>()
     const tracked = new Map<SupervisedChild, string>()
     const lock = yield* Effect.makeSemaphore(1)
+    const registry = yield* ChildRegistry
 
     const keyOf = (server: ChildServer, identity: string) =>
       sharingOf(server).scope === "identity" ? `${server.name}\u0000${identity}` : server.name
@@ -312,6 +302,7 @@ export const SharedChildrenLive = Layer.scoped(
       Effect.forkScoped,
     )
 
+    yield* registry.provide(running)
     return { lease, track, running } satisfies SharedChildrenShape
   }),
 )

@@ -35,6 +35,7 @@ import {
 import { IdentityLimitsLive } from "../../../src/gateway/access/IdentityLimits.js"
 import { Catalog, CatalogLive } from "../../../src/gateway/children/Catalog.js"
 import { ChildBudgetLive } from "../../../src/gateway/children/ChildBudget.js"
+import { ChildRegistryLive } from "../../../src/gateway/children/ChildRegistry.js"
 import { SharedChildrenLive } from "../../../src/gateway/children/SharedChildren.js"
 import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/GatewayConfig.js"
 import type { ServerDiff } from "../../../src/gateway/config/serverDiff.js"
@@ -186,6 +187,7 @@ export const startGateway = (
       Layer.provide(Layer.merge(auditLayer, IdentityLimitsLive)),
       Layer.provideMerge(SharedChildrenLive),
       Layer.provideMerge(ChildBudgetLive),
+      Layer.provideMerge(ChildRegistryLive),
     )
     const context = yield* Layer.build(
       sessionLayer.pipe(
