@@ -177,4 +177,28 @@ describe("shared servers", () => {
     expect(lines.filter((line) => line.startsWith("own "))).toHaveLength(2)
     for (const { connection } of sessions) connection.end()
   }, 60_000)
+
+  it("a session takes a warm spare instead of waiting for a spawn, and the spare is replaced", async () => {
+    gateway = await startGateway({ servers: { mini: { ...node("mini-server.mjs"), spares: 1 } } })
+    const running = gateway
+    await running.waitForLog(/SSH server listening/)
+    await waitUntil(() => childrenOf(running.pid).length === 1, 10_000, "the spare")
+    const [spare] = childrenOf(running.pid)
+    const started = Date.now()
+    const { channel, connection } = await openSession(running, "mini")
+    const answer = await call(channel, "1", "mini__echo", { message: "warm" })
+    const millis = Date.now() - started
+    expect(textOf(answer)).toContain("warm")
+    // The session's child is the spare that was already running; a new spare takes its place.
+    await waitUntil(() => childrenOf(running.pid).length === 2, 10_000, "a new spare")
+    expect(childrenOf(running.pid)).toContain(spare)
+    connection.end()
+    await waitUntil(
+      () => !childrenOf(running.pid).includes(spare ?? -1),
+      10_000,
+      "the spare to end with its session",
+    )
+    expect(childrenOf(running.pid)).toHaveLength(1)
+    expect(millis).toBeLessThan(10_000)
+  }, 60_000)
 })

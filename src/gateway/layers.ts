@@ -7,6 +7,7 @@ import { ChildBudgetLive } from "./children/ChildBudget.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
 import { ChildRegistryLive } from "./children/ChildRegistry.js"
 import { SharedChildrenLive } from "./children/SharedChildren.js"
+import { SparesLive } from "./children/Spares.js"
 import { UpstreamLive } from "./children/Upstream.js"
 import { ConfigSource } from "./config/ConfigSource.js"
 import { GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.js"
@@ -38,7 +39,7 @@ const ServersLayer = Layer.mergeAll(ReloadTriggersLive, ReloadTargetLive).pipe(
 export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
   Layer.provide(Layer.merge(AuditLive, IdentityLimitsLive)),
-  Layer.provideMerge(SharedChildrenLive),
+  Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
   Layer.provideMerge(ChildBudgetLive),
   // The Catalog also tells the gateway's status how each server did at its probe.
   Layer.provideMerge(ServersLayer),

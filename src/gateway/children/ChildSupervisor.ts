@@ -7,6 +7,7 @@ import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
+import { latestHandshakeVersion } from "../hub/mcp.js"
 import { Metrics } from "../ops/Metrics.js"
 import type { ChildBudgetShape } from "./ChildBudget.js"
 import type { ChildMessage, Upstream, UpstreamConnection, UpstreamOptions } from "./Upstream.js"
@@ -66,6 +67,16 @@ export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout
   readonly budget?: ChildBudgetShape
   /** The identity whose budget the child counts against (none for a child shared by all). */
   readonly owner?: string
+  /** A warm spare for the first life, if one is ready (Spares.ts); its scope becomes the life's. */
+  readonly takeSpare?: Effect.Effect<WarmChild | undefined, never, Scope.Scope>
+}
+
+/** A child started and initialized ahead of its session; `adopt` gives it its session's handlers. */
+export interface WarmChild {
+  readonly adopt: (
+    onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>,
+    outputReady: Effect.Effect<void>,
+  ) => { readonly connection: UpstreamConnection; readonly result: JsonObject }
 }
 
 /** A child that stayed up this long is considered healthy again: its next restart starts fast. */
@@ -112,7 +123,8 @@ export const superviseChild = (
       })
 
     /** One life of the child: start, handshake, serve until it exits. Returns how long it was up. */
-    const life = Effect.gen(function* () {
+    /** A new child: a place in the budget, the process, and initialize with the client's handshake. */
+    const spawn = Effect.gen(function* () {
       if (options.budget !== undefined) {
         yield* options.budget.take(options.owner).pipe(
           Effect.mapError(
@@ -132,10 +144,6 @@ export const superviseChild = (
         outputReady: options.outputReady,
         onMessage: (connection, message) => hooks.onMessage(child, connection, message),
       })
-      yield* Effect.acquireRelease(
-        Effect.sync(() => metrics.childStarted(server.name, scope, connection.pid)),
-        (gone) => Effect.sync(gone),
-      )
       const handshake = yield* hooks.handshake
       const response = yield* connection
         .request({ jsonrpc: "2.0", id: "initialize", method: "initialize", params: { ...handshake } })
@@ -157,6 +165,27 @@ export const superviseChild = (
         )
       }
       yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
+      return { connection, result, protocolVersion: handshake.protocolVersion }
+    })
+
+    let lives = 0
+    const life = Effect.gen(function* () {
+      // The first life takes a warm spare when there is one: no spawn, no initialize to wait for.
+      const spare = lives++ === 0 && options.takeSpare !== undefined ? yield* options.takeSpare : undefined
+      const { connection, result, protocolVersion } =
+        spare === undefined
+          ? yield* spawn
+          : {
+              ...spare.adopt(
+                (connection, message) => hooks.onMessage(child, connection, message),
+                options.outputReady,
+              ),
+              protocolVersion: latestHandshakeVersion,
+            }
+      yield* Effect.acquireRelease(
+        Effect.sync(() => metrics.childStarted(server.name, scope, connection.pid)),
+        (gone) => Effect.sync(gone),
+      )
       const capabilities = isObject(result.capabilities) ? result.capabilities : {}
       const level = hooks.logLevel()
       if (level !== undefined && capabilities.logging !== undefined) {
@@ -172,7 +201,7 @@ export const superviseChild = (
         capabilities,
         instructions: typeof result.instructions === "string" ? result.instructions : undefined,
         protocolVersion:
-          typeof result.protocolVersion === "string" ? result.protocolVersion : handshake.protocolVersion,
+          typeof result.protocolVersion === "string" ? result.protocolVersion : protocolVersion,
       })
       yield* log(Effect.logDebug("ready"))
       const exited = yield* connection.exited

@@ -60,7 +60,7 @@ export const logPasses = (messageLevel: unknown, sessionLevel: string | undefine
 }
 
 /** The client capability a child's request needs, if the gateway knows it. */
-const capabilityFor: Readonly<Record<string, string>> = {
+export const capabilityFor: Readonly<Record<string, string>> = {
   "sampling/createMessage": "sampling",
   "elicitation/create": "elicitation",
 }

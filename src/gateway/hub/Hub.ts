@@ -26,6 +26,7 @@ import { Catalog, type Configured } from "../children/Catalog.js"
 import { ChildBudget } from "../children/ChildBudget.js"
 import type { ChildState, SupervisedChild } from "../children/ChildSupervisor.js"
 import { SharedChildren } from "../children/SharedChildren.js"
+import { Spares } from "../children/Spares.js"
 import { Upstream } from "../children/Upstream.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
 import { describeDiff, diffServers } from "../config/serverDiff.js"
@@ -96,6 +97,7 @@ export const HubLive = Layer.effect(
     const limits = yield* IdentityLimits
     const shared = yield* SharedChildren
     const budget = yield* ChildBudget
+    const spares = yield* Spares
     const { settings } = config
 
     /**
@@ -156,6 +158,7 @@ export const HubLive = Layer.effect(
           shared,
           identity: client.identity,
           budget,
+          spares,
           hooks: {
             onMessage: makeChildMessages(output, protocol, serverRequests, inputRounds, feed),
             onStateChange,

@@ -22,8 +22,10 @@ import {
   type SupervisorHooks,
   type SupervisorOptions,
   superviseChild,
+  type WarmChild,
 } from "../children/ChildSupervisor.js"
 import type { SharedChildrenShape } from "../children/SharedChildren.js"
+import { guardCapabilities, type SparesShape } from "../children/Spares.js"
 import type { Upstream } from "../children/Upstream.js"
 import { type ChildServer, resolveIdentity, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
@@ -79,6 +81,7 @@ export interface SessionChildrenOptions {
   /** Who the session is: the key of `identity` children, and `${MCP_SSH_IDENTITY}` in a session's own. */
   readonly identity: string
   readonly budget?: ChildBudgetShape
+  readonly spares?: SparesShape
 }
 
 const readyState = (child: SupervisedChild | undefined): ReadyChild | undefined => {
@@ -96,6 +99,20 @@ export const makeSessionChildren = (
     /** Each child lives in a scope of its own, so a reload can stop one and keep the others. */
     const scopes = new Map<SupervisedChild, Scope.CloseableScope>()
     let clientCapabilities: JsonObject | undefined
+    const spares = options.spares
+    /** A warm spare, whose requests for what this client cannot do are answered -32601. */
+    const takeSpare = (from: SparesShape, server: ChildServer) =>
+      Effect.map(from.take(server), (warm): WarmChild | undefined =>
+        warm === undefined
+          ? undefined
+          : {
+              adopt: (onMessage, outputReady) =>
+                warm.adopt(
+                  guardCapabilities(() => clientCapabilities, onMessage),
+                  outputReady,
+                ),
+            },
+      )
     const startChild = (server: ChildServer) =>
       Effect.gen(function* () {
         const scope = yield* Scope.fork(sessionScope, ExecutionStrategy.sequential)
@@ -129,6 +146,7 @@ export const makeSessionChildren = (
           {
             ...options.supervisor,
             ...(options.budget === undefined ? {} : { budget: options.budget }),
+            ...(spares === undefined || resolved !== server ? {} : { takeSpare: takeSpare(spares, server) }),
             owner: options.identity,
           },
           {

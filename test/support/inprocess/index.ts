@@ -37,6 +37,7 @@ import { Catalog, CatalogLive } from "../../../src/gateway/children/Catalog.js"
 import { ChildBudgetLive } from "../../../src/gateway/children/ChildBudget.js"
 import { ChildRegistryLive } from "../../../src/gateway/children/ChildRegistry.js"
 import { SharedChildrenLive } from "../../../src/gateway/children/SharedChildren.js"
+import { SparesLive } from "../../../src/gateway/children/Spares.js"
 import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/GatewayConfig.js"
 import type { ServerDiff } from "../../../src/gateway/config/serverDiff.js"
 import { decodeSettings, type GatewaySettings } from "../../../src/gateway/config/settings.js"
@@ -185,7 +186,7 @@ export const startGateway = (
     const sessionLayer = McpSessionLive.pipe(
       Layer.provide(HubLive),
       Layer.provide(Layer.merge(auditLayer, IdentityLimitsLive)),
-      Layer.provideMerge(SharedChildrenLive),
+      Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
       Layer.provideMerge(ChildBudgetLive),
       Layer.provideMerge(ChildRegistryLive),
     )
