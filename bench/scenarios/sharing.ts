@@ -153,6 +153,7 @@ export const sharing = async (ctx: Context): Promise<void> => {
         )
         const samples: Array<number> = []
         const cpuBefore = cpuMicros(gateway.pid)
+        const clientCpuBefore = process.cpuUsage()
         const began = Date.now()
         const stopAt = began + sizes.seconds * 1_000
         ctx.log(`sharing: ${count} sessions calling once a second for ${sizes.seconds} s (${label})`)
@@ -168,7 +169,11 @@ export const sharing = async (ctx: Context): Promise<void> => {
             }
           }),
         )
-        const cpuPercent = ((cpuMicros(gateway.pid) - cpuBefore) / 1_000 / (Date.now() - began)) * 100
+        const elapsedMs = Date.now() - began
+        const cpuPercent = ((cpuMicros(gateway.pid) - cpuBefore) / 1_000 / elapsedMs) * 100
+        const clientCpu = process.cpuUsage(clientCpuBefore)
+        // The clients (ssh2, in this process) share the 2 cores: their load shows in the round trips.
+        const clientPercent = ((clientCpu.user + clientCpu.system) / 1_000 / elapsedMs) * 100
         const rss = (await sampleMedian(() => rssKiB(gateway.pid), 3, 100)) / 1024
         const children = childCount(gateway)
         const result = row(
@@ -178,7 +183,7 @@ export const sharing = async (ctx: Context): Promise<void> => {
           baseline === undefined ? [] : [baseline],
         )
         results.note(
-          `sharing, ${label}: ${count} sessions: gateway RSS ${rss.toFixed(0)} MiB, gateway CPU ${cpuPercent.toFixed(0)}% of a core, ${children} child process(es), ${samples.length} calls`,
+          `sharing, ${label}: ${count} sessions: gateway RSS ${rss.toFixed(0)} MiB, gateway CPU ${cpuPercent.toFixed(0)}% of a core, the bench's ssh2 clients ${clientPercent.toFixed(0)}%, ${children} child process(es), ${samples.length} calls`,
         )
         return { result, rss, children }
       } finally {

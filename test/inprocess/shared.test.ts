@@ -238,4 +238,30 @@ describe("shared scope", () => {
       expect(gateway.child("hub").starts()).toBe(3)
     }),
   )
+
+  it.scopedLive("a reload that changes a shared server restarts its one child under every session", () =>
+    Effect.gen(function* () {
+      const { gateway, a, b } = yield* twoSessions()
+      const child = gateway.child("hub")
+      const before = child.starts()
+      yield* gateway.reload({ hub: { ...shared, version: "2" } })
+      // The probe of the new version, and one new shared child for both sessions.
+      for (const client of [a, b]) {
+        const answer = yield* client.request(9, "tools/call", {
+          name: "hub__echo",
+          arguments: { message: "v2" },
+        })
+        expect(JSON.stringify(answer.result)).toContain("v2")
+      }
+      expect(child.starts()).toBe(before + 2)
+      yield* gateway.reload({ other: { tools: [echo] } })
+      for (const client of [a, b]) {
+        const answer = yield* client.request(10, "tools/call", {
+          name: "hub__echo",
+          arguments: { message: "x" },
+        })
+        expect(answer.error).toBeDefined()
+      }
+    }),
+  )
 })
