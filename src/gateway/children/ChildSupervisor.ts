@@ -222,11 +222,11 @@ export const superviseChild = (
         const delay = backoffDelay(failures, base, cap)
         failures++
         yield* log(Effect.logWarning(`${reason}; restarting in ${Duration.format(delay)}`))
+        readySince = undefined
         yield* setState({ _tag: "Down", reason, retryInMillis: Duration.toMillis(delay) })
         yield* Effect.sleep(delay)
         metrics.childRestarted(server.name)
         restarts++
-        readySince = undefined
         yield* setState({ _tag: "Starting" })
       }
     })

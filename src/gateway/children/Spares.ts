@@ -105,6 +105,7 @@ export const SparesLive = Layer.scoped(
         const pool = pools.get(server.name) ?? []
         pools.set(server.name, pool)
         pool.push(spare)
+        yield* Effect.logDebug(`a spare of server '${server.name}' is ready (${pool.length} ready)`)
         // A spare that dies while waiting is replaced.
         yield* connection.exited.pipe(
           Effect.flatMap(() =>
