@@ -21,6 +21,7 @@ import { connection } from "./scenarios/connection.js"
 import { latency } from "./scenarios/latency.js"
 import { memory } from "./scenarios/memory.js"
 import { payload } from "./scenarios/payload.js"
+import { sharing } from "./scenarios/sharing.js"
 import { throughput } from "./scenarios/throughput.js"
 
 /**
@@ -50,6 +51,7 @@ const scenarios: Record<ScenarioName, (ctx: Context) => Promise<void>> = {
   connection,
   memory,
   payload,
+  sharing,
 }
 
 class TimeLimit extends Error {}

@@ -4,7 +4,7 @@ import type { Results } from "./report.js"
 import { ensureSshd, type ForcedCommand, type Sshd, type SshdAvailability, startSshd } from "./sshd.js"
 import { type ClientKey, repoRoot, type Workspace } from "./workspace.js"
 
-export const scenarioNames = ["latency", "throughput", "connection", "memory", "payload"] as const
+export const scenarioNames = ["latency", "throughput", "connection", "memory", "payload", "sharing"] as const
 export type ScenarioName = (typeof scenarioNames)[number]
 
 export interface Options {
@@ -137,6 +137,14 @@ export const sizesFor = (quick: boolean) =>
         connection: { sessions: 3, handshakes: 5, openssh: 2, everything: 1 },
         memory: { idle: [0, 20], sshdIdle: 10, sessions: 3, settleMs: 500, samples: 3 },
         payload: { sizes: [{ bytes: 1 << 20, reps: 3 }], peakSamples: 0 },
+        sharing: {
+          starts: 5,
+          everythingStarts: 2,
+          sessions: 50,
+          perSessionSessions: 10,
+          seconds: 3,
+          throughputCalls: 1_000,
+        },
       }
     : {
         latency: { warmup: 1_000, calls: 2_000, rounds: 4, everythingCalls: 1_000 },
@@ -155,6 +163,14 @@ export const sizesFor = (quick: boolean) =>
             { bytes: 10 << 20, reps: 5 },
           ],
           peakSamples: 0,
+        },
+        sharing: {
+          starts: 30,
+          everythingStarts: 10,
+          sessions: 1_000,
+          perSessionSessions: 100,
+          seconds: 30,
+          throughputCalls: 20_000,
         },
       }
 

@@ -72,7 +72,10 @@ export const startGateway = async (workspace: Workspace, options: GatewayOptions
   const hostKeyPath = join(dir, "host_key")
   const configPath = join(dir, "servers_config.json")
   const mcpServers = Object.fromEntries(
-    Object.entries(options.servers).map(([name, spec]) => [name, { command: spec.command, args: spec.args }]),
+    Object.entries(options.servers).map(([name, spec]) => [
+      name,
+      { command: spec.command, args: spec.args, ...spec.config },
+    ]),
   )
   writeFileSync(configPath, JSON.stringify({ mcpServers }, null, 2))
   const logPath = join(dir, "gateway.log")

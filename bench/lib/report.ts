@@ -182,6 +182,7 @@ export const scenarioTitles: Readonly<Record<string, string>> = {
   connection: "3. Connection cost: TCP connect to the first tools/list answer",
   memory: "4. Memory: gateway RSS with idle connections, and per session",
   payload: "5. Large payloads: one tool result of 1 MiB and 10 MiB",
+  sharing: "6. Sharing: session start, 1,000 sessions and throughput on one shared child",
 }
 
 interface Columns {

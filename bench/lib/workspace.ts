@@ -15,6 +15,8 @@ export interface ServerSpec {
   readonly description: string
   readonly command: string
   readonly args: ReadonlyArray<string>
+  /** More of its servers_config.json entry (e.g. `scope`). */
+  readonly config?: Readonly<Record<string, unknown>>
 }
 
 /** test/fixtures/mini-server.mjs: no SDK, answers in a few µs, so the path around it is what is measured. */

@@ -5,6 +5,7 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Console, Effect, Either, Option } from "effect"
 import { checkTypedFlags, flagTypes, plainWhenNotTerminal, typedOption } from "../shared/cliFlags.js"
 import { version } from "../shared/version.js"
+import { serversCommand } from "./children/serversCommand.js"
 import { type FlagValues, loadGatewayConfig } from "./config/GatewayConfig.js"
 import { reloadCommand } from "./config/reloadCommand.js"
 import {
@@ -118,11 +119,14 @@ const fail = (message: string) =>
   )
 
 // Without a subcommand the root command runs the gateway; `keys` and `tokens` administer offline;
-// `reload` asks a running gateway to reload.
-const cli = Command.run(command.pipe(Command.withSubcommands([keysCommand, tokensCommand, reloadCommand])), {
-  name: "mcp-ssh-server",
-  version,
-})
+// `reload` asks a running gateway to reload; `servers list` lists its children.
+const cli = Command.run(
+  command.pipe(Command.withSubcommands([keysCommand, tokensCommand, reloadCommand, serversCommand])),
+  {
+    name: "mcp-ssh-server",
+    version,
+  },
+)
 
 // The gateway logs logfmt or JSON to stderr (loggerLayer); runMain's default pretty logger would repeat every
 // line on stdout.

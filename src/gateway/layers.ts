@@ -3,7 +3,11 @@ import { Layer, Logger } from "effect"
 import { logLevelOf } from "../shared/logLevel.js"
 import { IdentityLimitsLive } from "./access/IdentityLimits.js"
 import { CatalogLive } from "./children/Catalog.js"
+import { ChildBudgetLive } from "./children/ChildBudget.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
+import { ChildRegistryLive } from "./children/ChildRegistry.js"
+import { SharedChildrenLive } from "./children/SharedChildren.js"
+import { SparesLive } from "./children/Spares.js"
 import { UpstreamLive } from "./children/Upstream.js"
 import { ConfigSource } from "./config/ConfigSource.js"
 import { GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.js"
@@ -35,6 +39,8 @@ const ServersLayer = Layer.mergeAll(ReloadTriggersLive, ReloadTargetLive).pipe(
 export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
   Layer.provide(Layer.merge(AuditLive, IdentityLimitsLive)),
+  Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
+  Layer.provideMerge(ChildBudgetLive),
   // The Catalog also tells the gateway's status how each server did at its probe.
   Layer.provideMerge(ServersLayer),
 )
@@ -72,7 +78,11 @@ export const GatewayWithKeyApiLayer = Layer.merge(
  * The drain, the status that /ready reports and the Reloader: one of each, built first (the key API
  * answers while the servers are probed), shared by all.
  */
-export const OpsLayer = Layer.merge(GatewayStatusLive.pipe(Layer.provideMerge(DrainLive)), ReloaderLive)
+export const OpsLayer = Layer.mergeAll(
+  GatewayStatusLive.pipe(Layer.provideMerge(DrainLive)),
+  ReloaderLive,
+  ChildRegistryLive,
+)
 
 /** `load` reads the configuration again, for reloads. */
 export const gatewayFromConfig = (config: GatewayConfigShape, load: ConfigSource["Type"]["load"]) =>

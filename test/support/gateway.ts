@@ -26,6 +26,11 @@ export interface ServerEntry {
   readonly disabled?: boolean
   readonly prefix?: string
   readonly timeout?: number
+  readonly scope?: "session" | "identity" | "shared"
+  readonly instances?: number
+  readonly idleTimeout?: number
+  readonly start?: "eager" | "lazy"
+  readonly spares?: number
 }
 
 export const everything: ServerEntry = { command: process.execPath, args: [everythingServer, "stdio"] }

@@ -7,7 +7,9 @@ import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
+import { latestHandshakeVersion } from "../hub/mcp.js"
 import { Metrics } from "../ops/Metrics.js"
+import type { ChildBudgetShape } from "./ChildBudget.js"
 import type { ChildMessage, Upstream, UpstreamConnection, UpstreamOptions } from "./Upstream.js"
 
 /** What the gateway tells a child in initialize: the client's own version, capabilities and identity. */
@@ -35,6 +37,9 @@ export interface SupervisedChild {
   readonly state: () => ChildState
   /** Completes once the first start has succeeded or failed. */
   readonly settled: Effect.Effect<void>
+  /** How often it was restarted, and since when (epoch ms) the current life is ready: for the admin. */
+  readonly restarts?: () => number
+  readonly readySince?: () => number | undefined
 }
 
 export interface SupervisorHooks {
@@ -58,6 +63,20 @@ export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout
   readonly backoffCap?: Duration.Duration
   /** Who shares the child, for the metrics' `scope` label (default: session). */
   readonly scope?: string
+  /** The process budget: each life takes a place before it spawns. */
+  readonly budget?: ChildBudgetShape
+  /** The identity whose budget the child counts against (none for a child shared by all). */
+  readonly owner?: string
+  /** A warm spare for the first life, if one is ready (Spares.ts); its scope becomes the life's. */
+  readonly takeSpare?: Effect.Effect<WarmChild | undefined, never, Scope.Scope>
+}
+
+/** A child started and initialized ahead of its session; `adopt` gives it its session's handlers. */
+export interface WarmChild {
+  readonly adopt: (
+    onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>,
+    outputReady: Effect.Effect<void>,
+  ) => { readonly connection: UpstreamConnection; readonly result: JsonObject }
 }
 
 /** A child that stayed up this long is considered healthy again: its next restart starts fast. */
@@ -81,7 +100,15 @@ export const superviseChild = (
   Effect.gen(function* () {
     let state: ChildState = { _tag: "Starting" }
     const firstSettled = yield* Deferred.make<void>()
-    const child: SupervisedChild = { server, state: () => state, settled: Deferred.await(firstSettled) }
+    let restarts = 0
+    let readySince: number | undefined
+    const child: SupervisedChild = {
+      server,
+      state: () => state,
+      settled: Deferred.await(firstSettled),
+      restarts: () => restarts,
+      readySince: () => readySince,
+    }
     const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       Effect.annotateLogs(effect, { server: server.name })
     const metrics = yield* Metrics
@@ -96,7 +123,20 @@ export const superviseChild = (
       })
 
     /** One life of the child: start, handshake, serve until it exits. Returns how long it was up. */
-    const life = Effect.gen(function* () {
+    /** A new child: a place in the budget, the process, and initialize with the client's handshake. */
+    const spawn = Effect.gen(function* () {
+      if (options.budget !== undefined) {
+        yield* options.budget.take(options.owner).pipe(
+          Effect.mapError(
+            (refused) =>
+              new UpstreamError({
+                server: server.name,
+                code: ErrorCode.ServerUnavailable,
+                reason: refused.message,
+              }),
+          ),
+        )
+      }
       const connection = yield* upstream.start(server, {
         maxLineBytes: options.maxLineBytes,
         stopTimeout: options.stopTimeout,
@@ -104,10 +144,6 @@ export const superviseChild = (
         outputReady: options.outputReady,
         onMessage: (connection, message) => hooks.onMessage(child, connection, message),
       })
-      yield* Effect.acquireRelease(
-        Effect.sync(() => metrics.childStarted(server.name, scope, connection.pid)),
-        (gone) => Effect.sync(gone),
-      )
       const handshake = yield* hooks.handshake
       const response = yield* connection
         .request({ jsonrpc: "2.0", id: "initialize", method: "initialize", params: { ...handshake } })
@@ -129,6 +165,27 @@ export const superviseChild = (
         )
       }
       yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
+      return { connection, result, protocolVersion: handshake.protocolVersion }
+    })
+
+    let lives = 0
+    const life = Effect.gen(function* () {
+      // The first life takes a warm spare when there is one: no spawn, no initialize to wait for.
+      const spare = lives++ === 0 && options.takeSpare !== undefined ? yield* options.takeSpare : undefined
+      const { connection, result, protocolVersion } =
+        spare === undefined
+          ? yield* spawn
+          : {
+              ...spare.adopt(
+                (connection, message) => hooks.onMessage(child, connection, message),
+                options.outputReady,
+              ),
+              protocolVersion: latestHandshakeVersion,
+            }
+      yield* Effect.acquireRelease(
+        Effect.sync(() => metrics.childStarted(server.name, scope, connection.pid)),
+        (gone) => Effect.sync(gone),
+      )
       const capabilities = isObject(result.capabilities) ? result.capabilities : {}
       const level = hooks.logLevel()
       if (level !== undefined && capabilities.logging !== undefined) {
@@ -137,13 +194,14 @@ export const superviseChild = (
           .pipe(Effect.ignore)
       }
       const readyAt = Date.now()
+      readySince = readyAt
       yield* setState({
         _tag: "Ready",
         connection,
         capabilities,
         instructions: typeof result.instructions === "string" ? result.instructions : undefined,
         protocolVersion:
-          typeof result.protocolVersion === "string" ? result.protocolVersion : handshake.protocolVersion,
+          typeof result.protocolVersion === "string" ? result.protocolVersion : protocolVersion,
       })
       yield* log(Effect.logDebug("ready"))
       const exited = yield* connection.exited
@@ -164,9 +222,11 @@ export const superviseChild = (
         const delay = backoffDelay(failures, base, cap)
         failures++
         yield* log(Effect.logWarning(`${reason}; restarting in ${Duration.format(delay)}`))
+        readySince = undefined
         yield* setState({ _tag: "Down", reason, retryInMillis: Duration.toMillis(delay) })
         yield* Effect.sleep(delay)
         metrics.childRestarted(server.name)
+        restarts++
         yield* setState({ _tag: "Starting" })
       }
     })

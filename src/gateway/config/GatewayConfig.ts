@@ -14,7 +14,9 @@ import {
   childEnvironment,
   decodeServersConfig,
   expandEnvValue,
+  identityVariable,
   type ServersConfigFile,
+  substituteIdentity,
 } from "./serversConfig.js"
 import {
   decodeSettings,
@@ -37,7 +39,28 @@ export interface ChildServer {
   readonly prefix: string | undefined
   /** Seconds a request may go without an answer or progress. */
   readonly requestTimeout: number
+  /** Who shares one child; absent: "session" (each session its own). */
+  readonly scope?: ServerScope
+  /** A shared server's children (default 1). */
+  readonly instances?: number
+  /** Seconds a shared or identity child may go unused before it stops; 0: never (default 300). */
+  readonly idleTimeout?: number
+  /** "eager": a shared child starts with the gateway; default "lazy", at its first session. */
+  readonly start?: "eager" | "lazy"
+  /** Session-scope children kept started ahead of the sessions that take them (default 0). */
+  readonly spares?: number
 }
+
+export type ServerScope = "session" | "identity" | "shared"
+
+/** The sharing settings of a server with their defaults filled in. */
+export const sharingOf = (server: ChildServer) => ({
+  scope: server.scope ?? "session",
+  instances: server.instances ?? 1,
+  idleTimeout: server.idleTimeout ?? 300,
+  start: server.start ?? "lazy",
+  spares: server.spares ?? 0,
+})
 
 export interface GatewayConfigShape {
   readonly configPath: string
@@ -52,6 +75,29 @@ export class GatewayConfig extends Context.Tag("mcp-ssh/GatewayConfig")<
   GatewayConfig,
   GatewayConfigShape
 >() {}
+
+/** A server with `${MCP_SSH_IDENTITY}` filled in; a string says why it cannot be. */
+export const resolveIdentity = (server: ChildServer, identity: string): ChildServer | string => {
+  const env: Record<string, string> = {}
+  let changed = false
+  for (const [name, value] of Object.entries(server.env)) {
+    const replaced = substituteIdentity(value, identity)
+    if (replaced === undefined) return `identity '${identity}' cannot be used in env.${name}`
+    changed ||= replaced !== value
+    env[name] = replaced
+  }
+  const args: Array<string> = []
+  for (const arg of server.args) {
+    const replaced = substituteIdentity(arg, identity)
+    if (replaced === undefined) return `identity '${identity}' cannot be used in args`
+    changed ||= replaced !== arg
+    args.push(replaced)
+  }
+  const cwd = server.cwd === undefined ? undefined : substituteIdentity(server.cwd, identity)
+  if (server.cwd !== undefined && cwd === undefined) return `identity '${identity}' cannot be used in cwd`
+  changed ||= cwd !== server.cwd
+  return changed ? { ...server, env, args, cwd } : server
+}
 
 /** Values given on the command line; absent means "not given", so lower layers may set them. */
 export type FlagValues = Partial<Record<SettingKey | "serversConfig", string | number | boolean>>
@@ -138,12 +184,16 @@ export const loadGatewayConfig = (
       if (spec.disabled === true) continue
       const env: Record<string, string> = {}
       for (const [variable, value] of Object.entries(spec.env ?? {})) {
-        Either.match(expandEnvValue(value, environment), {
-          onLeft: (problem) => problems.push(`mcpServers.${name}.env.${variable}: ${problem}`),
-          onRight: (expanded) => {
-            env[variable] = expanded
+        // ${MCP_SSH_IDENTITY} stays as it is: each identity's child gets its own value when it starts.
+        Either.match(
+          expandEnvValue(value, { ...environment, [identityVariable]: `\${${identityVariable}}` }),
+          {
+            onLeft: (problem) => problems.push(`mcpServers.${name}.env.${variable}: ${problem}`),
+            onRight: (expanded) => {
+              env[variable] = expanded
+            },
           },
-        })
+        )
       }
       servers.push({
         name,
@@ -153,6 +203,11 @@ export const loadGatewayConfig = (
         cwd: spec.cwd === undefined ? undefined : resolve(dirname(configPath), expandHome(spec.cwd)),
         prefix: spec.prefix,
         requestTimeout: spec.timeout ?? defaultRequestTimeout,
+        ...(spec.scope === undefined ? {} : { scope: spec.scope }),
+        ...(spec.instances === undefined ? {} : { instances: spec.instances }),
+        ...(spec.idleTimeout === undefined ? {} : { idleTimeout: spec.idleTimeout }),
+        ...(spec.start === undefined ? {} : { start: spec.start }),
+        ...(spec.spares === undefined ? {} : { spares: spec.spares }),
       })
     }
     const accessCheck =

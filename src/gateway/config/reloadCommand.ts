@@ -12,7 +12,7 @@ import { ConfigError } from "../errors.js"
 import { loadSecret } from "../keys/files.js"
 import { type FlagValues, loadStoreConfig } from "./GatewayConfig.js"
 
-const options = {
+export const adminOptions = {
   serversConfig: Options.text("servers-config").pipe(
     Options.withDescription(
       "the gateway's servers config, for its `gateway` settings (default: servers_config.json)",
@@ -68,8 +68,8 @@ export const describeReloadAnswer = (
   return { ok: false, lines: [error, ...strings(answer.errors).map((problem) => `  ${problem}`)] }
 }
 
-const fail = (message: string) =>
-  Console.error(`mcp-ssh-server reload: ${message}`).pipe(
+export const fail = (message: string, command = "reload") =>
+  Console.error(`mcp-ssh-server ${command}: ${message}`).pipe(
     Effect.zipRight(
       Effect.sync(() => {
         process.exitCode = 1
@@ -77,7 +77,15 @@ const fail = (message: string) =>
     ),
   )
 
-export const reloadCommand = Command.make("reload", options, (given) =>
+/** Ask the running gateway's admin API: the address and token as the gateway's own settings say. */
+export const askAdmin = (
+  given: {
+    readonly [K in keyof typeof adminOptions]: Option.Option<K extends "keyServerPort" ? number : string>
+  },
+  method: "GET" | "POST",
+  path: string,
+  timeout: Duration.Duration,
+) =>
   Effect.gen(function* () {
     const flags: FlagValues = {}
     if (Option.isSome(given.serversConfig)) flags.serversConfig = given.serversConfig.value
@@ -95,11 +103,11 @@ export const reloadCommand = Command.make("reload", options, (given) =>
         message: "no admin token: give --admin-token-file (or MCP_SSH_ADMIN_TOKEN_FILE, MCP_SSH_ADMIN_TOKEN)",
       })
     }
-    const url = `http://${urlHost(settings.keyServerHost)}:${settings.keyServerPort}/admin/reload`
-    const { status, body } = yield* Effect.tryPromise({
+    const url = `http://${urlHost(settings.keyServerHost)}:${settings.keyServerPort}${path}`
+    return yield* Effect.tryPromise({
       try: async (signal) => {
         const response = await fetch(url, {
-          method: "POST",
+          method,
           headers: { authorization: `Bearer ${token}` },
           signal,
         })
@@ -116,11 +124,16 @@ export const reloadCommand = Command.make("reload", options, (given) =>
         new ConfigError({ message: `cannot reach the gateway's key API at ${url}: ${errorText(error)}` }),
     }).pipe(
       Effect.timeoutFail({
-        duration: requestTimeout,
+        duration: timeout,
         onTimeout: () =>
-          new ConfigError({ message: `${url} did not answer within ${Duration.format(requestTimeout)}` }),
+          new ConfigError({ message: `${url} did not answer within ${Duration.format(timeout)}` }),
       }),
     )
+  })
+
+export const reloadCommand = Command.make("reload", adminOptions, (given) =>
+  Effect.gen(function* () {
+    const { status, body } = yield* askAdmin(given, "POST", "/admin/reload", requestTimeout)
     const answer = describeReloadAnswer(status, body)
     if (answer.ok) return yield* Effect.forEach(answer.lines, (line) => Console.log(line), { discard: true })
     return yield* fail(answer.lines.join("\n"))

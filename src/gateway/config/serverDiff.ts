@@ -28,7 +28,12 @@ export const sameServer = (a: ChildServer, b: ChildServer): boolean =>
   sameEntries(a.env, b.env) &&
   a.cwd === b.cwd &&
   a.prefix === b.prefix &&
-  a.requestTimeout === b.requestTimeout
+  a.requestTimeout === b.requestTimeout &&
+  a.scope === b.scope &&
+  a.instances === b.instances &&
+  a.idleTimeout === b.idleTimeout &&
+  a.start === b.start &&
+  a.spares === b.spares
 
 export const diffServers = (
   before: ReadonlyArray<ChildServer>,

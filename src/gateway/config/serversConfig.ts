@@ -40,6 +40,38 @@ export const ServerSpec = Schema.Struct({
     ),
     { exact: true },
   ),
+  /** Who shares one child (see README "Sharing servers between sessions"). */
+  scope: Schema.optionalWith(
+    Schema.Literal("session", "identity", "shared").annotations({
+      message: () => 'scope must be "session", "identity" or "shared"',
+    }),
+    { exact: true },
+  ),
+  /** A shared server's children; sessions are spread over them, least busy first. */
+  instances: Schema.optionalWith(
+    Schema.Int.pipe(Schema.between(1, 64, { message: () => "instances is a whole number from 1 to 64" })),
+    { exact: true },
+  ),
+  /** Seconds a shared or identity child may go unused before it stops; 0: never. */
+  idleTimeout: Schema.optionalWith(
+    Schema.Number.pipe(
+      Schema.finite(),
+      Schema.greaterThanOrEqualTo(0, { message: () => "idleTimeout is a number of seconds, 0 or more" }),
+    ),
+    { exact: true },
+  ),
+  /** A shared child starts with the gateway (eager) or at its first session (lazy). */
+  start: Schema.optionalWith(
+    Schema.Literal("eager", "lazy").annotations({
+      message: () => 'start must be "eager" or "lazy"',
+    }),
+    { exact: true },
+  ),
+  /** Session servers kept started and initialized ahead of the sessions that will take them. */
+  spares: Schema.optionalWith(
+    Schema.Int.pipe(Schema.between(0, 64, { message: () => "spares is a whole number from 0 to 64" })),
+    { exact: true },
+  ),
 })
 export type ServerSpec = typeof ServerSpec.Type
 
@@ -83,6 +115,10 @@ export const decodeServersConfig = (value: unknown): Either.Either<ServersConfig
   for (const name of typeof servers === "object" && servers !== null ? Object.keys(servers) : []) {
     const checked = Schema.decodeUnknownEither(ServerName)(name)
     if (Either.isLeft(checked)) problems.push(`mcpServers.${name}: ${describeIssue(checked.left)}`)
+  }
+  if (Either.isRight(decoded)) {
+    for (const [name, spec] of Object.entries(decoded.right.mcpServers))
+      problems.push(...sharingProblems(name, spec))
   }
   return problems.length > 0 || Either.isLeft(decoded)
     ? Either.left(problems.join("\n"))
@@ -138,4 +174,45 @@ export const childEnvironment = (
     if (name.startsWith("LC_") && value !== undefined) env[name] = value
   }
   return { ...env, ...configured }
+}
+
+/** The variable an identity-scoped server's `env`, `args` and `cwd` may name: the identity it serves. */
+export const identityVariable = "MCP_SSH_IDENTITY"
+const identityReference = "${MCP_SSH_IDENTITY}"
+
+/** Settings that only make sense together; each problem names its field. */
+const sharingProblems = (name: string, spec: ServerSpec): Array<string> => {
+  const problems: Array<string> = []
+  const scope = spec.scope ?? "session"
+  if (spec.spares !== undefined && spec.spares > 0 && scope !== "session")
+    problems.push(
+      `mcpServers.${name}.spares: spares are for scope "session" (this server's scope is "${scope}")`,
+    )
+  if (spec.instances !== undefined && spec.instances > 1 && scope !== "shared")
+    problems.push(
+      `mcpServers.${name}.instances: instances are for scope "shared" (this server's scope is "${scope}")`,
+    )
+  if (scope === "shared") {
+    const places = [
+      ...Object.entries(spec.env ?? {}).map(([key, value]) => [`env.${key}`, value] as const),
+      ...(spec.args ?? []).map((value, index) => [`args.${index}`, value] as const),
+      ...(spec.cwd === undefined ? [] : [["cwd", spec.cwd] as const]),
+    ]
+    for (const [field, value] of places) {
+      if (value.includes(identityReference))
+        problems.push(
+          `mcpServers.${name}.${field}: \${${identityVariable}} has no value in a shared server (one child serves every identity); use scope "identity"`,
+        )
+    }
+  }
+  return problems
+}
+
+/** Identity names become part of a child's arguments, environment or directory: keep them plain. */
+const safeIdentity = /^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$/
+
+/** `${MCP_SSH_IDENTITY}` replaced by the identity; undefined when the identity is not safe to use. */
+export const substituteIdentity = (text: string, identity: string): string | undefined => {
+  if (!text.includes(identityReference)) return text
+  return safeIdentity.test(identity) ? text.split(identityReference).join(identity) : undefined
 }

@@ -159,6 +159,18 @@ export const gatewaySettings = {
     doc: "unauthenticated connections allowed at once from one address",
   },
   maxSessions: { schema: Count, default: 10, doc: "session channels allowed per connection" },
+  maxChildren: {
+    schema: Count,
+    // Each child holds 3 pipes of the gateway's (a 1024-fd default limit leaves room for sockets) and
+    // 10-100 MiB of its own: 256 stays inside both on an ordinary machine.
+    default: 256,
+    doc: "child processes the gateway runs at once, all scopes and spares together",
+  },
+  maxChildrenPerIdentity: {
+    schema: Count,
+    default: undefined,
+    doc: "child processes one identity's sessions may run at once (shared children count for nobody)",
+  },
   keepaliveInterval: {
     schema: Seconds,
     default: 15,

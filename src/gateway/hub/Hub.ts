@@ -9,8 +9,9 @@
  * dispatch, the lifecycle, server-to-client requests (2025 clients), input_required rounds (2026
  * clients), the change feed, the session's children and the fast path. This file only composes them.
  *
- * Children are per session (the original tool's model): started when the session opens, supervised
- * and restarted while it lasts, stopped with it. A config reload adds, retires or restarts a
+ * Children are per session by default (the original tool's model): started when the session opens,
+ * supervised and restarted while it lasts, stopped with it. A `shared` or `identity` server's child
+ * belongs to SharedChildren; the session leases it and sees it as one of its own. A config reload adds, retires or restarts a
  * session's children in place.
  *
  * The access policy decides the session's view (access.ts): a server the identity may not use is
@@ -22,7 +23,10 @@ import type { JsonRpcNotification, JsonRpcResponse } from "../../shared/jsonRpc.
 import { IdentityLimits, type SessionLimitReached } from "../access/IdentityLimits.js"
 import { resolveAccess, type SessionAccess } from "../access/sessionAccess.js"
 import { Catalog, type Configured } from "../children/Catalog.js"
+import { ChildBudget } from "../children/ChildBudget.js"
 import type { ChildState, SupervisedChild } from "../children/ChildSupervisor.js"
+import { SharedChildren } from "../children/SharedChildren.js"
+import { Spares } from "../children/Spares.js"
 import { Upstream } from "../children/Upstream.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
 import { describeDiff, diffServers } from "../config/serverDiff.js"
@@ -91,6 +95,9 @@ export const HubLive = Layer.effect(
     const catalog = yield* Catalog
     const audit = yield* Audit
     const limits = yield* IdentityLimits
+    const shared = yield* SharedChildren
+    const budget = yield* ChildBudget
+    const spares = yield* Spares
     const { settings } = config
 
     /**
@@ -148,6 +155,10 @@ export const HubLive = Layer.effect(
           },
           startupWait: Duration.seconds(settings.startupWait),
           protocol,
+          shared,
+          identity: client.identity,
+          budget,
+          spares,
           hooks: {
             onMessage: makeChildMessages(output, protocol, serverRequests, inputRounds, feed),
             onStateChange,

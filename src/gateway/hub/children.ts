@@ -14,6 +14,7 @@ import {
   type JsonRpcResponse,
 } from "../../shared/jsonRpc.js"
 import type { CatalogShape } from "../children/Catalog.js"
+import type { ChildBudgetShape } from "../children/ChildBudget.js"
 import {
   type ClientHandshake,
   type ReadyChild,
@@ -21,9 +22,12 @@ import {
   type SupervisorHooks,
   type SupervisorOptions,
   superviseChild,
+  type WarmChild,
 } from "../children/ChildSupervisor.js"
+import type { SharedChildrenShape } from "../children/SharedChildren.js"
+import { guardCapabilities, type SparesShape } from "../children/Spares.js"
 import type { Upstream } from "../children/Upstream.js"
-import type { ChildServer } from "../config/GatewayConfig.js"
+import { type ChildServer, resolveIdentity, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
 import { UpstreamError } from "../errors.js"
 import { mergeCapabilities, mergeInstructions } from "./mcp.js"
@@ -72,6 +76,12 @@ export interface SessionChildrenOptions {
   readonly startupWait: Duration.Duration
   readonly protocol: SessionProtocol
   readonly hooks: Pick<SupervisorHooks, "onMessage" | "onStateChange">
+  /** Where `shared` and `identity` servers' children come from. */
+  readonly shared: SharedChildrenShape
+  /** Who the session is: the key of `identity` children, and `${MCP_SSH_IDENTITY}` in a session's own. */
+  readonly identity: string
+  readonly budget?: ChildBudgetShape
+  readonly spares?: SparesShape
 }
 
 const readyState = (child: SupervisedChild | undefined): ReadyChild | undefined => {
@@ -88,16 +98,66 @@ export const makeSessionChildren = (
     const sessionScope = yield* Effect.scope
     /** Each child lives in a scope of its own, so a reload can stop one and keep the others. */
     const scopes = new Map<SupervisedChild, Scope.CloseableScope>()
+    let clientCapabilities: JsonObject | undefined
+    const spares = options.spares
+    /** A warm spare, whose requests for what this client cannot do are answered -32601. */
+    const takeSpare = (from: SparesShape, server: ChildServer) =>
+      Effect.map(from.take(server), (warm): WarmChild | undefined =>
+        warm === undefined
+          ? undefined
+          : {
+              adopt: (onMessage, outputReady) =>
+                warm.adopt(
+                  guardCapabilities(() => clientCapabilities, onMessage),
+                  outputReady,
+                ),
+            },
+      )
     const startChild = (server: ChildServer) =>
       Effect.gen(function* () {
         const scope = yield* Scope.fork(sessionScope, ExecutionStrategy.sequential)
-        const child = yield* superviseChild(options.upstream, server, options.supervisor, {
-          ...options.hooks,
-          handshake: Deferred.await(handshake),
-          logLevel: () => protocol.logLevel,
-        }).pipe(Scope.extend(scope))
+        const child =
+          sharingOf(server).scope === "session"
+            ? yield* startOwn(server, scope)
+            : yield* options.shared
+                .lease(server, options.identity, {
+                  ...options.hooks,
+                  clientCapabilities: () => clientCapabilities,
+                })
+                .pipe(Scope.extend(scope))
         scopes.set(child, scope)
         return child
+      })
+    /** A child of the session's own; the view keeps the configured server, so reloads compare like with like. */
+    const startOwn = (server: ChildServer, scope: Scope.Scope) =>
+      Effect.gen(function* () {
+        const resolved = resolveIdentity(server, options.identity)
+        if (typeof resolved === "string") {
+          const refused: SupervisedChild = {
+            server,
+            state: () => ({ _tag: "Down", reason: resolved, retryInMillis: 0 }),
+            settled: Effect.void,
+          }
+          return refused
+        }
+        const child = yield* superviseChild(
+          options.upstream,
+          resolved,
+          {
+            ...options.supervisor,
+            ...(options.budget === undefined ? {} : { budget: options.budget }),
+            ...(spares === undefined || resolved !== server ? {} : { takeSpare: takeSpare(spares, server) }),
+            owner: options.identity,
+          },
+          {
+            ...options.hooks,
+            handshake: Deferred.await(handshake),
+            logLevel: () => protocol.logLevel,
+          },
+        ).pipe(Scope.extend(scope))
+        const view: SupervisedChild = resolved === server ? child : { ...child, server }
+        yield* options.shared.track(view, options.identity).pipe(Scope.extend(scope))
+        return view
       })
     let all: ReadonlyArray<SupervisedChild> = yield* Effect.forEach(options.servers, startChild)
     let byName = new Map(all.map((child) => [child.server.name, child]))
@@ -138,7 +198,10 @@ export const makeSessionChildren = (
 
     // Fast children make it into the first answer; slower ones join later with list_changed.
     const start = (params: ClientHandshake) =>
-      Deferred.succeed(handshake, params).pipe(
+      Effect.sync(() => {
+        clientCapabilities = params.capabilities
+      }).pipe(
+        Effect.zipRight(Deferred.succeed(handshake, params)),
         Effect.zipRight(
           Effect.forEach(all, (child) => child.settled, { concurrency: "unbounded", discard: true }).pipe(
             Effect.timeout(startupWait),

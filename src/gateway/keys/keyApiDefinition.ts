@@ -141,6 +141,23 @@ const RevokeResponse = Schema.Struct({
   removed: Schema.Int.annotations({ description: "lines removed" }),
 }).annotations({ identifier: "RevokeResponse" })
 
+/** One running child, for GET /admin/servers. */
+const RunningServer = Schema.Struct({
+  server: Schema.String,
+  scope: Schema.Literal("session", "identity", "shared"),
+  state: Schema.String,
+  pid: Schema.NullOr(Schema.Number),
+  identity: Schema.NullOr(Schema.String),
+  sessions: Schema.Number,
+  uptime_seconds: Schema.NullOr(Schema.Number),
+  restarts: Schema.Number,
+  rss_bytes: Schema.NullOr(Schema.Number),
+}).annotations({ identifier: "RunningServer" })
+
+const ServersResponse = Schema.Struct({ children: Schema.Array(RunningServer) }).annotations({
+  identifier: "ServersResponse",
+})
+
 const ReloadResponse = Schema.Struct({
   status: Schema.Literal("reloaded"),
   added: Schema.Array(Schema.String),
@@ -242,6 +259,14 @@ const adminGroup = HttpApiGroup.make("admin")
         "Added servers start, removed ones finish their calls in flight and stop, changed ones restart; " +
           "the others and their sessions are not touched. An invalid config is refused with every " +
           "problem named, and the running one stays.",
+      ),
+  )
+  .add(
+    HttpApiEndpoint.get("servers", "/admin/servers")
+      .addSuccess(ServersResponse)
+      .annotate(
+        OpenApi.Summary,
+        "The running child servers: server, scope, pid, identity, sessions, uptime, restarts, RSS",
       ),
   )
   // Added to each endpoint after its body middleware, so the token is checked before the body is read.

@@ -2,10 +2,12 @@
  * The key API's handlers, one group layer each, over the key store, the enrollment tokens, the host
  * key and the SSH server's address. Bodies arrive decoded; refusals are this API's schema classes.
  */
+import { readFileSync } from "node:fs"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect, Either, Layer, Schema } from "effect"
 import type { PublicKey } from "../../shared/publicKey.js"
 import { version } from "../../shared/version.js"
+import { ChildRegistry } from "../children/ChildRegistry.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Reloader } from "../config/Reloader.js"
 import type { StoreError } from "../errors.js"
@@ -119,11 +121,24 @@ const EnrollmentLive = (policy: KeyApiPolicy, fixedEnrollmentToken: string | und
     }),
   )
 
+const scopeOf = (scope: string) => (scope === "identity" || scope === "shared" ? scope : "session")
+
+/** A child's resident memory from /proc (Linux); undefined elsewhere or once it has gone. */
+const rssBytes = (pid: number): number | undefined => {
+  try {
+    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+    return match?.[1] === undefined ? undefined : Number(match[1]) * 1024
+  } catch {
+    return undefined
+  }
+}
+
 const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
   Effect.gen(function* () {
     const keyStore = yield* KeyStore
     const tokens = yield* EnrollmentTokens
     const reloader = yield* Reloader
+    const registry = yield* ChildRegistry
     const decodeTokenRequest = Schema.decodeUnknown(TokenRequest)
     return (
       handlers
@@ -142,6 +157,25 @@ const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
               return yield* Effect.fail(new NotFound({ error: "no key has this fingerprint" }))
             return { status: "revoked" as const, fingerprint, removed }
           }).pipe(Effect.catchTag("StoreError", storeFailure)),
+        )
+        .handle("servers", () =>
+          Effect.sync(() => {
+            const now = Date.now()
+            return {
+              children: registry.list().map((child) => ({
+                server: child.server,
+                scope: scopeOf(child.scope),
+                state: child.state,
+                pid: child.pid ?? null,
+                identity: child.identity ?? null,
+                sessions: child.sessions,
+                uptime_seconds:
+                  child.readySince === undefined ? null : Math.round((now - child.readySince) / 1000),
+                restarts: child.restarts,
+                rss_bytes: child.pid === undefined ? null : (rssBytes(child.pid) ?? null),
+              })),
+            }
+          }),
         )
         .handle("reload", () =>
           Effect.gen(function* () {

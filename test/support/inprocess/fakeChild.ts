@@ -102,6 +102,9 @@ export interface FakeServerScript {
   readonly prefix?: string
   /** The server's request timeout in seconds (the config's `timeout`). */
   readonly timeout?: number
+  /** Who shares the child (the config's `scope`; default "session"), and its idle timeout in seconds. */
+  readonly scope?: "session" | "identity" | "shared"
+  readonly idleTimeout?: number
   /** Every start fails with this reason, until FakeChild.failStarts changes it. */
   readonly failStart?: string
 }

@@ -34,6 +34,10 @@ import {
 } from "../../../src/gateway/access/accessConfig.js"
 import { IdentityLimitsLive } from "../../../src/gateway/access/IdentityLimits.js"
 import { Catalog, CatalogLive } from "../../../src/gateway/children/Catalog.js"
+import { ChildBudgetLive } from "../../../src/gateway/children/ChildBudget.js"
+import { ChildRegistryLive } from "../../../src/gateway/children/ChildRegistry.js"
+import { SharedChildrenLive } from "../../../src/gateway/children/SharedChildren.js"
+import { SparesLive } from "../../../src/gateway/children/Spares.js"
 import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/GatewayConfig.js"
 import type { ServerDiff } from "../../../src/gateway/config/serverDiff.js"
 import { decodeSettings, type GatewaySettings } from "../../../src/gateway/config/settings.js"
@@ -163,6 +167,8 @@ export const startGateway = (
       cwd: undefined,
       prefix: script.prefix,
       requestTimeout: script.timeout ?? defaultRequestTimeout,
+      ...(script.scope === undefined ? {} : { scope: script.scope }),
+      ...(script.idleTimeout === undefined ? {} : { idleTimeout: script.idleTimeout }),
     })
     const servers = Object.entries(options.servers).map(([name, script]) => childServer(name, script))
     const access = yield* accessPolicy(options.access, Object.keys(options.servers))
@@ -180,6 +186,9 @@ export const startGateway = (
     const sessionLayer = McpSessionLive.pipe(
       Layer.provide(HubLive),
       Layer.provide(Layer.merge(auditLayer, IdentityLimitsLive)),
+      Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
+      Layer.provideMerge(ChildBudgetLive),
+      Layer.provideMerge(ChildRegistryLive),
     )
     const context = yield* Layer.build(
       sessionLayer.pipe(

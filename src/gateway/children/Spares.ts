@@ -1,0 +1,198 @@
+/**
+ * Warm spares for session servers (`"spares": N`): N children per server started and initialized
+ * ahead of the sessions, so a new session takes one instead of waiting for a spawn; each one taken
+ * is replaced in the background. A spare is initialized with what the gateway can relay (it does not
+ * know its client yet); once taken, a request of the child for a capability its client lacks gets
+ * -32601. A server whose config names `${MCP_SSH_IDENTITY}` gets no spares (whose identity?).
+ * Reloads: spares of a removed or changed server stop; new ones start for the new version.
+ */
+import { Context, Duration, Effect, ExecutionStrategy, Exit, Layer, Scope, Stream } from "effect"
+import { ErrorCode, errorResponse, isObject, isRequest, type JsonObject } from "../../shared/jsonRpc.js"
+import { version } from "../../shared/version.js"
+import { type ChildServer, GatewayConfig, sharingOf } from "../config/GatewayConfig.js"
+import { sameServer } from "../config/serverDiff.js"
+import { latestHandshakeVersion } from "../hub/mcp.js"
+import { Catalog } from "./Catalog.js"
+import { ChildBudget } from "./ChildBudget.js"
+import type { WarmChild } from "./ChildSupervisor.js"
+import { capabilityFor } from "./multiplex.js"
+import { type ChildMessage, Upstream, type UpstreamConnection } from "./Upstream.js"
+
+export interface SparesShape {
+  /** A warm child of this server for a session, if one is ready; its scope becomes the caller's. */
+  readonly take: (server: ChildServer) => Effect.Effect<WarmChild | undefined, never, Scope.Scope>
+  /** Spares ready now, per server (for tests and the log). */
+  readonly ready: (server: string) => number
+}
+
+export class Spares extends Context.Tag("mcp-ssh/Spares")<Spares, SparesShape>() {}
+
+interface Spare {
+  readonly server: ChildServer
+  readonly scope: Scope.CloseableScope
+  readonly connection: UpstreamConnection
+  readonly result: JsonObject
+  /** Where its messages go and what its output waits on: the service's until a session adopts it. */
+  readonly target: {
+    onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>
+    outputReady: Effect.Effect<void>
+  }
+}
+
+const relayCapabilities = { sampling: {}, elicitation: {}, roots: {} }
+
+/** Until a session takes it, a spare's own requests are refused and its notifications dropped. */
+const idle = (connection: UpstreamConnection, message: ChildMessage) =>
+  isRequest(message)
+    ? connection
+        .send(errorResponse(message.id, { code: ErrorCode.MethodNotFound, message: "no client yet" }))
+        .pipe(Effect.ignore)
+    : Effect.void
+
+/** A delay before trying again after a spare failed to start, so a broken server does not spin. */
+const retryDelay = Duration.seconds(5)
+
+export const SparesLive = Layer.scoped(
+  Spares,
+  Effect.gen(function* () {
+    const { settings } = yield* GatewayConfig
+    const upstream = yield* Upstream
+    const catalog = yield* Catalog
+    const budget = yield* ChildBudget
+    const serviceScope = yield* Effect.scope
+    const pools = new Map<string, Array<Spare>>()
+    /** The version of each server spares are kept for; a reload replaces it. */
+    const wanted = new Map<string, ChildServer>()
+
+    const startOne = (server: ChildServer): Effect.Effect<void> =>
+      Effect.gen(function* () {
+        if (wanted.get(server.name) !== server) return
+        const scope = yield* Scope.fork(serviceScope, ExecutionStrategy.sequential)
+        const started = yield* Effect.gen(function* () {
+          yield* budget.take(undefined)
+          const target: Spare["target"] = { onMessage: idle, outputReady: Effect.void }
+          const connection = yield* upstream.start(server, {
+            maxLineBytes: settings.maxLineBytes,
+            stopTimeout: Duration.seconds(settings.childStopTimeout),
+            requestTimeout: Duration.seconds(server.requestTimeout),
+            outputReady: Effect.suspend(() => target.outputReady),
+            onMessage: (connection, message) => target.onMessage(connection, message),
+          })
+          const response = yield* connection
+            .request({
+              jsonrpc: "2.0",
+              id: "initialize",
+              method: "initialize",
+              params: {
+                protocolVersion: latestHandshakeVersion,
+                capabilities: relayCapabilities,
+                clientInfo: { name: "mcp-ssh", version },
+              },
+            })
+            .pipe(Effect.timeout(Duration.seconds(settings.startupTimeout)))
+          if (!isObject(response.result)) return yield* Effect.fail(`refused initialize`)
+          yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
+          return { connection, result: response.result, target }
+        }).pipe(Scope.extend(scope), Effect.either)
+        if (started._tag === "Left") {
+          yield* Scope.close(scope, Exit.void)
+          const reason = typeof started.left === "string" ? started.left : started.left.message
+          yield* Effect.logWarning(`a spare of server '${server.name}' did not start: ${reason}`)
+          return yield* Effect.sleep(retryDelay).pipe(Effect.zipRight(startOne(server)))
+        }
+        const { connection, result, target } = started.right
+        const spare: Spare = { server, scope, connection, result, target }
+        const pool = pools.get(server.name) ?? []
+        pools.set(server.name, pool)
+        pool.push(spare)
+        yield* Effect.logDebug(`a spare of server '${server.name}' is ready (${pool.length} ready)`)
+        // A spare that dies while waiting is replaced.
+        yield* connection.exited.pipe(
+          Effect.flatMap(() =>
+            Effect.suspend(() => {
+              const index = pool.indexOf(spare)
+              if (index === -1) return Effect.void
+              pool.splice(index, 1)
+              return Scope.close(scope, Exit.void).pipe(Effect.zipRight(startOne(server)))
+            }),
+          ),
+          Effect.interruptible,
+          Effect.forkIn(scope),
+        )
+      }).pipe(Effect.interruptible)
+
+    const replenish = (server: ChildServer) =>
+      startOne(server).pipe(Effect.forkIn(serviceScope), Effect.asVoid)
+
+    const take = (server: ChildServer) =>
+      Effect.gen(function* () {
+        const pool = pools.get(server.name)
+        const found = pool?.findIndex((spare) => sameServer(spare.server, server)) ?? -1
+        if (pool === undefined || found === -1) return undefined
+        const [spare] = pool.splice(found, 1)
+        if (spare === undefined) return undefined
+        // The spare now ends with the session's child, not with the service.
+        yield* Effect.addFinalizer(() => Scope.close(spare.scope, Exit.void))
+        yield* replenish(server)
+        const warm: WarmChild = {
+          adopt: (onMessage, outputReady) => {
+            spare.target.outputReady = outputReady
+            spare.target.onMessage = onMessage
+            return { connection: spare.connection, result: spare.result }
+          },
+        }
+        return warm
+      })
+
+    const follow = (servers: ReadonlyArray<ChildServer>) =>
+      Effect.gen(function* () {
+        for (const [name, pool] of pools) {
+          const next = servers.find((server) => server.name === name)
+          if (next !== undefined && sameServer(next, wanted.get(name) ?? next)) continue
+          pools.delete(name)
+          wanted.delete(name)
+          yield* Effect.forEach(pool, (spare) => Scope.close(spare.scope, Exit.void), { discard: true })
+        }
+        for (const server of servers) {
+          const { scope, spares } = sharingOf(server)
+          const current = wanted.get(server.name)
+          if (scope !== "session" || spares === 0 || (current !== undefined && sameServer(current, server)))
+            continue
+          if (JSON.stringify([server.env, server.args, server.cwd]).includes("${MCP_SSH_IDENTITY}")) continue
+          wanted.set(server.name, server)
+          for (let index = 0; index < spares; index++) yield* replenish(server)
+        }
+      })
+    yield* catalog.changes.pipe(
+      Stream.runForEach((configured) => follow(configured.servers)),
+      Effect.forkScoped,
+    )
+
+    return {
+      take: (server) => (sharingOf(server).spares > 0 ? take(server) : Effect.succeed(undefined)),
+      ready: (name) => pools.get(name)?.length ?? 0,
+    } satisfies SparesShape
+  }),
+)
+
+/** A taken spare's requests for what its client cannot do are answered here, with -32601. */
+export const guardCapabilities =
+  (
+    clientCapabilities: () => JsonObject | undefined,
+    onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>,
+  ) =>
+  (connection: UpstreamConnection, message: ChildMessage): Effect.Effect<void> => {
+    if (!isRequest(message)) return onMessage(connection, message)
+    const needed = capabilityFor[message.method]
+    const capabilities = clientCapabilities()
+    if (needed === undefined || capabilities === undefined || capabilities[needed] !== undefined)
+      return onMessage(connection, message)
+    return connection
+      .send(
+        errorResponse(message.id, {
+          code: ErrorCode.MethodNotFound,
+          message: `Method not found: the client does not support ${needed}`,
+        }),
+      )
+      .pipe(Effect.ignore)
+  }

@@ -1,0 +1,497 @@
+/**
+ * One child serving many sessions: each session holds a lease, and sees the child through a
+ * connection of its own (a link) that the Hub uses exactly as it uses a per-session child's. What
+ * the sessions send and what the child sends back is multiplexed here:
+ *
+ * - ids are already the child's own per request (pendingCalls.ts); progress tokens are replaced by
+ *   the gateway's, so the child's progress reaches the session that asked, under its own token;
+ * - a session that goes cancels its calls at the child;
+ * - resources/subscribe is counted per URI, resources/updated goes to subscribers only;
+ * - the child logs at the most verbose level any session asked for, each session gets what its own
+ *   level lets through;
+ * - a child's request goes to the one session with a call in flight at it, else it is refused.
+ *
+ * The per-call path stays plain callbacks: a Map entry and a closure per call, no fiber.
+ */
+import { Effect } from "effect"
+import {
+  ErrorCode,
+  errorResponse,
+  isObject,
+  isRequest,
+  type JsonObject,
+  type JsonRpcId,
+  type JsonRpcNotification,
+  type JsonRpcRequest,
+  type JsonRpcResponse,
+} from "../../shared/jsonRpc.js"
+import { UpstreamError } from "../errors.js"
+import type { ChildState, ReadyChild, SupervisedChild } from "./ChildSupervisor.js"
+import type { CallOutcome } from "./pendingCalls.js"
+import type { ChildMessage, UpstreamConnection } from "./Upstream.js"
+
+const severity: Readonly<Record<string, number>> = {
+  debug: 0,
+  info: 1,
+  notice: 2,
+  warning: 3,
+  error: 4,
+  critical: 5,
+  alert: 6,
+  emergency: 7,
+}
+
+/** The most verbose of the levels asked for; undefined when none asked. */
+export const mostVerbose = (levels: Iterable<string | undefined>): string | undefined => {
+  let best: string | undefined
+  for (const level of levels) {
+    if (level === undefined || severity[level] === undefined) continue
+    if (best === undefined || (severity[level] ?? 0) < (severity[best] ?? 0)) best = level
+  }
+  return best
+}
+
+/** A session that asked for no level gets what the child sends; one that did, that level and above. */
+export const logPasses = (messageLevel: unknown, sessionLevel: string | undefined): boolean => {
+  if (sessionLevel === undefined) return true
+  const wanted = severity[sessionLevel]
+  const got = typeof messageLevel === "string" ? severity[messageLevel] : undefined
+  return wanted === undefined || got === undefined || got >= wanted
+}
+
+/** The client capability a child's request needs, if the gateway knows it. */
+export const capabilityFor: Readonly<Record<string, string>> = {
+  "sampling/createMessage": "sampling",
+  "elicitation/create": "elicitation",
+}
+
+const progressTokenOf = (request: JsonRpcRequest): unknown => {
+  const meta = request.params?._meta
+  return isObject(meta) ? meta.progressToken : undefined
+}
+
+const withProgressToken = (request: JsonRpcRequest, token: string): JsonRpcRequest => {
+  const params = request.params ?? {}
+  const meta = isObject(params._meta) ? params._meta : {}
+  return { ...request, params: { ...params, _meta: { ...meta, progressToken: token } } }
+}
+
+const ok = (id: JsonRpcId): JsonRpcResponse => ({ jsonrpc: "2.0", id, result: {} })
+const nothing = () => {}
+
+/** What a session gives its lease: where the child's messages and state changes for it go. */
+export interface LeaseHooks {
+  readonly onMessage: (
+    child: SupervisedChild,
+    connection: UpstreamConnection,
+    message: ChildMessage,
+  ) => Effect.Effect<void>
+  readonly onStateChange: (
+    child: SupervisedChild,
+    previous: ChildState,
+    next: ChildState,
+  ) => Effect.Effect<void>
+  /** The client's capabilities, once its handshake is known. */
+  readonly clientCapabilities: () => JsonObject | undefined
+}
+
+interface InFlight {
+  readonly cancel: () => void
+  readonly done: (outcome: CallOutcome) => void
+}
+
+/** One session's hold on a shared child. */
+export class Lease {
+  readonly inflight = new Map<number, InFlight>()
+  readonly subscriptions = new Set<string>()
+  level: string | undefined
+  nextCall = 1
+  idleWaiters: Array<() => void> = []
+  /** The session's view of the child; set once the view exists. */
+  view: SupervisedChild | undefined
+  /** The links of this lease, one per life of the child. */
+  readonly links = new WeakMap<UpstreamConnection, UpstreamConnection>()
+  /** The view of the last Ready state handed out, so the same life gives the same object. */
+  lastReady: { readonly real: ReadyChild; readonly view: ReadyChild } | undefined
+
+  constructor(
+    readonly identity: string,
+    readonly hooks: LeaseHooks,
+  ) {}
+
+  settledOne() {
+    if (this.inflight.size > 0 || this.idleWaiters.length === 0) return
+    const waiters = this.idleWaiters
+    this.idleWaiters = []
+    for (const waiter of waiters) waiter()
+  }
+}
+
+export class Multiplexer {
+  readonly leases = new Set<Lease>()
+  private readonly progressRoutes = new Map<string, { readonly lease: Lease; readonly token: unknown }>()
+  private readonly subscribers = new Map<string, number>()
+  private readonly childRequests = new Map<string, Lease>()
+  private nextToken = 1
+  private child: SupervisedChild | undefined
+
+  constructor(
+    readonly server: string,
+    private readonly warn: (text: string) => Effect.Effect<void>,
+  ) {}
+
+  attach(child: SupervisedChild) {
+    this.child = child
+  }
+
+  /** The level the child should log at: the most verbose any of its sessions asked for. */
+  level(): string | undefined {
+    return mostVerbose([...this.leases].map((lease) => lease.level))
+  }
+
+  inFlight(): number {
+    let total = 0
+    for (const lease of this.leases) total += lease.inflight.size
+    return total
+  }
+
+  private ready(): ReadyChild | undefined {
+    const state = this.child?.state()
+    return state?._tag === "Ready" ? state : undefined
+  }
+
+  /** The child's state as a session sees it: a ready child comes with the session's own link. */
+  viewState(lease: Lease): ChildState {
+    const state = this.child?.state() ?? { _tag: "Starting" }
+    if (state._tag !== "Ready") return state
+    if (lease.lastReady?.real === state) return lease.lastReady.view
+    const view: ReadyChild = { ...state, connection: this.linkOf(lease, state.connection) }
+    lease.lastReady = { real: state, view }
+    return view
+  }
+
+  open(identity: string, hooks: LeaseHooks): Lease {
+    const lease = new Lease(identity, hooks)
+    this.leases.add(lease)
+    return lease
+  }
+
+  /** The session went (or stopped using the server): its calls are cancelled at the child, its holds let go. */
+  release(lease: Lease): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      this.leases.delete(lease)
+      for (const entry of [...lease.inflight.values()]) entry.cancel()
+      lease.inflight.clear()
+      lease.settledOne()
+      for (const [key, route] of this.progressRoutes)
+        if (route.lease === lease) this.progressRoutes.delete(key)
+      const connection = this.ready()?.connection
+      const effects: Array<Effect.Effect<void>> = []
+      for (const uri of lease.subscriptions) {
+        const left = (this.subscribers.get(uri) ?? 1) - 1
+        if (left > 0) {
+          this.subscribers.set(uri, left)
+          continue
+        }
+        this.subscribers.delete(uri)
+        connection?.call(
+          { jsonrpc: "2.0", id: "mcp-ssh", method: "resources/unsubscribe", params: { uri } },
+          nothing,
+        )
+      }
+      lease.subscriptions.clear()
+      if (lease.level !== undefined) {
+        const level = this.level()
+        if (level !== undefined && level !== lease.level) {
+          connection?.call(
+            { jsonrpc: "2.0", id: "mcp-ssh", method: "logging/setLevel", params: { level } },
+            nothing,
+          )
+        }
+      }
+      for (const [id, owner] of this.childRequests) {
+        if (owner !== lease) continue
+        this.childRequests.delete(id)
+        const message = "the session this request was for has closed"
+        if (connection !== undefined)
+          effects.push(
+            connection
+              .send(
+                errorResponse(JSON.parse(id) as JsonRpcId, { code: ErrorCode.ServerUnavailable, message }),
+              )
+              .pipe(Effect.ignore),
+          )
+      }
+      return Effect.all(effects, { discard: true })
+    })
+  }
+
+  /** The real child came up or went down: every session hears it as a change of its own child. */
+  stateChanged(previous: ChildState, _next: ChildState): Effect.Effect<void> {
+    return Effect.forEach(
+      [...this.leases],
+      (lease) => {
+        const view = lease.view
+        if (view === undefined) return Effect.void
+        const before =
+          previous._tag === "Ready" && lease.lastReady?.real === previous ? lease.lastReady.view : previous
+        return lease.hooks.onStateChange(view, before, this.viewState(lease))
+      },
+      { discard: true },
+    )
+  }
+
+  /** What the child sends on its own, to the session(s) it is for. */
+  route(connection: UpstreamConnection, message: ChildMessage): Effect.Effect<void> {
+    if (isRequest(message)) return this.routeRequest(connection, message)
+    const params = message.params ?? {}
+    switch (message.method) {
+      case "notifications/progress": {
+        const route = this.progressRoutes.get(JSON.stringify(params.progressToken))
+        if (route === undefined) return Effect.void
+        return this.deliver(route.lease, connection, {
+          ...message,
+          params: { ...params, progressToken: route.token },
+        } as JsonRpcNotification)
+      }
+      case "notifications/message":
+        return this.each((lease) => logPasses(params.level, lease.level), connection, message)
+      case "notifications/resources/updated":
+        return this.each(
+          (lease) => typeof params.uri === "string" && lease.subscriptions.has(params.uri),
+          connection,
+          message,
+        )
+      case "notifications/tools/list_changed":
+      case "notifications/prompts/list_changed":
+      case "notifications/resources/list_changed":
+        return this.each(() => true, connection, message)
+      case "notifications/cancelled": {
+        const key = JSON.stringify(params.requestId)
+        const lease = this.childRequests.get(key)
+        if (lease === undefined) return Effect.void
+        this.childRequests.delete(key)
+        return this.deliver(lease, connection, message)
+      }
+      default: {
+        // Anything else cannot be told apart between sessions: only a session alone at the child gets it.
+        const busy = [...this.leases].filter((lease) => lease.inflight.size > 0)
+        const only = busy.length === 1 ? busy[0] : this.leases.size === 1 ? [...this.leases][0] : undefined
+        return only === undefined ? Effect.void : this.deliver(only, connection, message)
+      }
+    }
+  }
+
+  private deliver(lease: Lease, connection: UpstreamConnection, message: ChildMessage) {
+    const view = lease.view
+    return view === undefined
+      ? Effect.void
+      : lease.hooks.onMessage(view, this.linkOf(lease, connection), message)
+  }
+
+  private each(wants: (lease: Lease) => boolean, connection: UpstreamConnection, message: ChildMessage) {
+    return Effect.forEach(
+      [...this.leases].filter(wants),
+      (lease) => this.deliver(lease, connection, message),
+      { discard: true },
+    )
+  }
+
+  private routeRequest(connection: UpstreamConnection, request: JsonRpcRequest): Effect.Effect<void> {
+    const answer = (response: JsonRpcResponse) => connection.send(response).pipe(Effect.ignore)
+    if (request.method === "ping") return answer(ok(request.id))
+    // Whose roots? A child shared by many sessions has none of its own.
+    if (request.method === "roots/list")
+      return answer({ jsonrpc: "2.0", id: request.id, result: { roots: [] } })
+    const busy = [...this.leases].filter((lease) => lease.inflight.size > 0)
+    const lease = busy.length === 1 ? busy[0] : undefined
+    if (lease === undefined) {
+      const message = `mcp-ssh cannot tell which session ${request.method} is for: server '${this.server}' is shared and ${busy.length} sessions have requests in flight at it`
+      return this.warn(
+        `refused ${request.method} of shared server '${this.server}': ${busy.length} sessions have requests in flight at it; give it scope "session"`,
+      ).pipe(Effect.zipRight(answer(errorResponse(request.id, { code: ErrorCode.InternalError, message }))))
+    }
+    const needed = capabilityFor[request.method]
+    const capabilities = lease.hooks.clientCapabilities()
+    if (needed !== undefined && capabilities !== undefined && capabilities[needed] === undefined) {
+      return answer(
+        errorResponse(request.id, {
+          code: ErrorCode.MethodNotFound,
+          message: `Method not found: the client does not support ${needed}`,
+        }),
+      )
+    }
+    this.childRequests.set(JSON.stringify(request.id), lease)
+    return this.deliver(lease, connection, request)
+  }
+
+  /** The connection a session sees for one life of the child. */
+  private linkOf(lease: Lease, connection: UpstreamConnection): UpstreamConnection {
+    const known = lease.links.get(connection)
+    if (known !== undefined) return known
+    const call = (request: JsonRpcRequest, done: (outcome: CallOutcome) => void): (() => void) => {
+      switch (request.method) {
+        case "resources/subscribe":
+          return this.subscribe(lease, connection, request, done)
+        case "resources/unsubscribe":
+          return this.unsubscribe(lease, connection, request, done)
+        case "logging/setLevel":
+          return this.setLevel(lease, connection, request, done)
+        default:
+          return this.forward(lease, connection, request, done)
+      }
+    }
+    const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
+      Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
+        const cancel = call(message, (outcome) =>
+          resume(outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(outcome)),
+        )
+        return Effect.sync(cancel)
+      })
+    const send = (message: JsonRpcNotification | JsonRpcResponse): Effect.Effect<void, UpstreamError> => {
+      if ("method" in message) {
+        // The client's cancellations reach the child through its calls' own cancel; roots are not relayed.
+        if (
+          message.method === "notifications/cancelled" ||
+          message.method === "notifications/roots/list_changed" ||
+          message.method === "notifications/initialized"
+        )
+          return Effect.void
+        return connection.send(message)
+      }
+      this.childRequests.delete(JSON.stringify(message.id))
+      return connection.send(message)
+    }
+    const drain = (within: import("effect").Duration.Duration, reason: UpstreamError) =>
+      Effect.async<void>((resume) => {
+        if (lease.inflight.size === 0) resume(Effect.void)
+        else lease.idleWaiters.push(() => resume(Effect.void))
+      }).pipe(
+        Effect.timeout(within),
+        Effect.ignore,
+        Effect.ensuring(
+          Effect.sync(() => {
+            for (const entry of [...lease.inflight.values()]) {
+              entry.cancel()
+              entry.done(reason)
+            }
+            lease.inflight.clear()
+          }),
+        ),
+      )
+    const link: UpstreamConnection = {
+      name: connection.name,
+      ...(connection.pid === undefined ? {} : { pid: connection.pid }),
+      call,
+      request,
+      send,
+      exited: connection.exited,
+      drain,
+    }
+    lease.links.set(connection, link)
+    return link
+  }
+
+  private forward(
+    lease: Lease,
+    connection: UpstreamConnection,
+    request: JsonRpcRequest,
+    done: (outcome: CallOutcome) => void,
+  ): () => void {
+    const key = lease.nextCall++
+    let settled = false
+    let sent = request
+    let progressKey: string | undefined
+    const token = progressTokenOf(request)
+    if (token !== undefined) {
+      const mapped = `mcp-ssh/${this.nextToken++}`
+      progressKey = JSON.stringify(mapped)
+      this.progressRoutes.set(progressKey, { lease, token })
+      sent = withProgressToken(request, mapped)
+    }
+    const finish = () => {
+      settled = true
+      lease.inflight.delete(key)
+      if (progressKey !== undefined) this.progressRoutes.delete(progressKey)
+      lease.settledOne()
+    }
+    const cancel = connection.call(sent, (outcome) => {
+      if (settled) return
+      finish()
+      done(outcome)
+    })
+    if (!settled) lease.inflight.set(key, { cancel, done })
+    return () => {
+      if (settled) return
+      finish()
+      cancel()
+    }
+  }
+
+  private subscribe(
+    lease: Lease,
+    connection: UpstreamConnection,
+    request: JsonRpcRequest,
+    done: (outcome: CallOutcome) => void,
+  ): () => void {
+    const uri = request.params?.uri
+    if (typeof uri !== "string") return this.forward(lease, connection, request, done)
+    if (lease.subscriptions.has(uri)) {
+      done(ok(request.id))
+      return nothing
+    }
+    const count = this.subscribers.get(uri) ?? 0
+    lease.subscriptions.add(uri)
+    this.subscribers.set(uri, count + 1)
+    if (count > 0) {
+      done(ok(request.id))
+      return nothing
+    }
+    // The first subscriber subscribes the child; if the child refuses, nobody holds the URI.
+    return this.forward(lease, connection, request, (outcome) => {
+      if (outcome instanceof UpstreamError || outcome.error !== undefined) {
+        lease.subscriptions.delete(uri)
+        const left = (this.subscribers.get(uri) ?? 1) - 1
+        if (left > 0) this.subscribers.set(uri, left)
+        else this.subscribers.delete(uri)
+      }
+      done(outcome)
+    })
+  }
+
+  private unsubscribe(
+    lease: Lease,
+    connection: UpstreamConnection,
+    request: JsonRpcRequest,
+    done: (outcome: CallOutcome) => void,
+  ): () => void {
+    const uri = request.params?.uri
+    // Never pass on an unsubscribe the session did not subscribe: it would end another's subscription.
+    if (typeof uri !== "string" || !lease.subscriptions.has(uri)) {
+      done(ok(request.id))
+      return nothing
+    }
+    lease.subscriptions.delete(uri)
+    const left = (this.subscribers.get(uri) ?? 1) - 1
+    if (left > 0) {
+      this.subscribers.set(uri, left)
+      done(ok(request.id))
+      return nothing
+    }
+    this.subscribers.delete(uri)
+    return this.forward(lease, connection, request, done)
+  }
+
+  private setLevel(
+    lease: Lease,
+    connection: UpstreamConnection,
+    request: JsonRpcRequest,
+    done: (outcome: CallOutcome) => void,
+  ): () => void {
+    const level = request.params?.level
+    lease.level = typeof level === "string" ? level : undefined
+    const wanted = this.level() ?? lease.level
+    if (wanted === undefined) return this.forward(lease, connection, request, done)
+    return this.forward(lease, connection, { ...request, params: { ...request.params, level: wanted } }, done)
+  }
+}

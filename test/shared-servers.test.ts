@@ -1,0 +1,209 @@
+/**
+ * Shared servers with real processes over SSH: one child for many sessions (counted in the process
+ * table), every concurrent call answered to its own caller, a shared child's crash confined to it,
+ * the idle stop and the next lazy start, and the process budget's error.
+ */
+import { execFile } from "node:child_process"
+import { writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { promisify } from "node:util"
+import { afterEach, describe, expect, it } from "vitest"
+import { disposeGateway, mainScript, node, type RunningGateway, startGateway } from "./support/gateway.js"
+import { childrenOf, waitUntil } from "./support/processes.js"
+import { connect, type LineChannel, openLineChannel } from "./support/ssh.js"
+
+let gateway: RunningGateway | undefined
+afterEach(async () => {
+  await disposeGateway(gateway)
+  gateway = undefined
+})
+
+const openSession = async (running: RunningGateway, servers: string) => {
+  const connection = await connect(running)
+  const channel = await openLineChannel(connection, { exec: servers })
+  await channel.initialize()
+  return { connection, channel }
+}
+
+const textOf = (message: Record<string, unknown>) => JSON.stringify(message.result ?? message.error)
+
+const call = (channel: LineChannel, id: string, name: string, args: Record<string, unknown>) =>
+  channel.request(id, "tools/call", { name, arguments: args })
+
+const run = promisify(execFile)
+const adminToken = "shared-servers-admin-token"
+
+describe("shared servers", () => {
+  it("50 sessions run one process, and 2,000 concurrent calls each get their own answer", async () => {
+    gateway = await startGateway({ servers: { mini: { ...node("mini-server.mjs"), scope: "shared" } } })
+    const running = gateway
+    const sessions = []
+    for (let batch = 0; batch < 5; batch++) {
+      sessions.push(...(await Promise.all(Array.from({ length: 10 }, () => openSession(running, "mini")))))
+    }
+    // The probe's child has gone; what is left is the shared one.
+    await waitUntil(() => childrenOf(running.pid).length === 1, 10_000, "one child")
+    const answers = await Promise.all(
+      sessions.flatMap(({ channel }, session) =>
+        Array.from({ length: 40 }, async (_, index) => {
+          const marker = `session-${session}-call-${index}`
+          const answer = await call(channel, `c${index}`, "mini__echo", { message: marker })
+          return { marker, text: textOf(answer) }
+        }),
+      ),
+    )
+    expect(answers).toHaveLength(2000)
+    for (const { marker, text } of answers) expect(text).toContain(`"${marker}"`)
+    expect(childrenOf(running.pid)).toHaveLength(1)
+    for (const { connection } of sessions) connection.end()
+  }, 120_000)
+
+  it("a shared child crashing under load loses nothing of the other servers", async () => {
+    gateway = await startGateway({
+      servers: {
+        crashy: { ...node("mini-server.mjs", "crash-on-call"), scope: "shared" },
+        mini: node("mini-server.mjs"),
+      },
+    })
+    const running = gateway
+    const sessions = await Promise.all(Array.from({ length: 5 }, () => openSession(running, "")))
+    const load = Promise.all(
+      sessions.flatMap(({ channel }, session) =>
+        Array.from({ length: 40 }, (_, index) =>
+          call(channel, `m${index}`, "mini__echo", { message: `s${session}-${index}` }).then(textOf),
+        ),
+      ),
+    )
+    const crashed = await Promise.all(
+      sessions.map(({ channel }) => call(channel, "crash", "crashy__echo", { message: "boom" })),
+    )
+    // The first call crashes it; the others fail with it, or race its restart and its list's return.
+    for (const answer of crashed) expect(answer.error).toBeDefined()
+    expect(crashed.map((answer) => answer.error)).toContainEqual(
+      expect.objectContaining({ code: -32000, message: expect.stringContaining("server 'crashy'") }),
+    )
+    const texts = await load
+    expect(texts.every((text, index) => text.includes(`-${index % 40}"`))).toBe(true)
+    for (const { connection } of sessions) connection.end()
+  }, 60_000)
+
+  it("stops when idle, and starts again for the next session", async () => {
+    gateway = await startGateway({
+      servers: { mini: { ...node("mini-server.mjs"), scope: "shared", idleTimeout: 1 } },
+    })
+    const running = gateway
+    const first = await openSession(running, "mini")
+    await waitUntil(() => childrenOf(running.pid).length === 1, 10_000, "the shared child")
+    first.channel.channel.end()
+    await first.channel.exit
+    first.connection.end()
+    await running.waitForLog(/stopped idle server 'mini' after 1s unused/, 10_000)
+    await waitUntil(() => childrenOf(running.pid).length === 0, 10_000, "no child")
+    const second = await openSession(running, "mini")
+    const answer = await call(second.channel, "1", "mini__echo", { message: "again" })
+    expect(textOf(answer)).toContain("again")
+    expect(childrenOf(running.pid)).toHaveLength(1)
+    second.connection.end()
+  }, 60_000)
+
+  it("past --max-children a session's server gets the budget's error, and its other server works", async () => {
+    gateway = await startGateway({
+      servers: { one: node("mini-server.mjs"), two: node("mini-server.mjs") },
+      flags: ["--max-children", "1"],
+    })
+    const { channel, connection } = await openSession(gateway, "")
+    const answers = await Promise.all([
+      call(channel, "a", "one__echo", { message: "first" }),
+      call(channel, "b", "two__echo", { message: "second" }),
+    ])
+    const refused = answers.filter((answer) => answer.error !== undefined)
+    const served = answers.filter((answer) => answer.error === undefined)
+    expect(served).toHaveLength(1)
+    expect(refused).toHaveLength(1)
+    expect(refused[0]?.error).toMatchObject({
+      code: -32000,
+      message: expect.stringMatching(
+        /server '(one|two)' is not running: server '(one|two)' cannot start: the gateway runs 1 children, its --max-children limit of 1/,
+      ),
+    })
+    await gateway.waitForLog(/the gateway runs 1 children, its --max-children limit of 1/)
+    connection.end()
+  }, 60_000)
+
+  it("GET /admin/servers and mcp-ssh-server servers list show the running children", async () => {
+    gateway = await startGateway({
+      servers: {
+        hub: { ...node("mini-server.mjs"), scope: "shared", start: "eager" },
+        own: node("mini-server.mjs"),
+      },
+      keyApi: true,
+      flags: ["--admin-token", adminToken],
+    })
+    const running = gateway
+    const sessions = await Promise.all([openSession(running, ""), openSession(running, "")])
+    await waitUntil(() => childrenOf(running.pid).length === 3, 10_000, "three children")
+    const response = await fetch(`${running.keyApiUrl}/admin/servers`, {
+      headers: { authorization: `Bearer ${adminToken}` },
+    })
+    const body = (await response.json()) as { children: Array<Record<string, unknown>> }
+    const hub = body.children.filter((child) => child.server === "hub")
+    expect(hub).toEqual([
+      expect.objectContaining({ scope: "shared", state: "ready", identity: null, sessions: 2, restarts: 0 }),
+    ])
+    expect(hub[0]?.rss_bytes).toBeGreaterThan(1024 * 1024)
+    expect(body.children.filter((child) => child.server === "own")).toHaveLength(2)
+    const pids = body.children.map((child) => child.pid).sort()
+    expect(pids).toEqual([...childrenOf(running.pid)].sort())
+    expect((await fetch(`${running.keyApiUrl}/admin/servers`)).status).toBe(401)
+
+    const tokenFile = join(running.dir, "admin-token")
+    writeFileSync(tokenFile, adminToken, { mode: 0o600 })
+    const port = new URL(running.keyApiUrl ?? "").port
+    const listed = await run(process.execPath, [
+      mainScript,
+      "servers",
+      "list",
+      "--key-server-port",
+      port,
+      "--admin-token-file",
+      tokenFile,
+      "--servers-config",
+      join(running.dir, "servers_config.json"),
+    ])
+    const lines = listed.stdout.trim().split("\n")
+    expect(lines[0]).toMatch(/^server\s+scope\s+state\s+pid\s+identity\s+sessions\s+uptime\s+restarts\s+rss$/)
+    expect(lines.filter((line) => /^hub\s+shared\s+ready\s+\d+\s+-\s+2\s/.test(line))).toHaveLength(1)
+    expect(lines.filter((line) => line.startsWith("own "))).toHaveLength(2)
+    for (const { connection } of sessions) connection.end()
+  }, 60_000)
+
+  it("a session takes a warm spare instead of waiting for a spawn, and the spare is replaced", async () => {
+    gateway = await startGateway({
+      servers: { mini: { ...node("mini-server.mjs"), spares: 1 } },
+      flags: ["--log-level", "DEBUG"],
+    })
+    const running = gateway
+    // Started and initialized: a process alone may still be answering initialize.
+    await running.waitForLog(/a spare of server 'mini' is ready/)
+    await waitUntil(() => childrenOf(running.pid).length === 1, 10_000, "the spare")
+    const [spare] = childrenOf(running.pid)
+    const started = Date.now()
+    const { channel, connection } = await openSession(running, "mini")
+    const answer = await call(channel, "1", "mini__echo", { message: "warm" })
+    const millis = Date.now() - started
+    expect(textOf(answer)).toContain("warm")
+    // The session's child is the spare that was already running; a new spare takes its place.
+    await waitUntil(() => childrenOf(running.pid).length === 2, 10_000, "a new spare")
+    expect(childrenOf(running.pid)).toContain(spare)
+    channel.channel.end()
+    await channel.exit
+    connection.end()
+    await waitUntil(
+      () => !childrenOf(running.pid).includes(spare ?? -1),
+      20_000,
+      "the spare to end with its session",
+    )
+    expect(childrenOf(running.pid)).toHaveLength(1)
+    expect(millis).toBeLessThan(10_000)
+  }, 60_000)
+})
