@@ -17,6 +17,7 @@ import { Effect } from "effect"
 import {
   ErrorCode,
   errorResponse,
+  ForwardedResponse,
   isObject,
   isRequest,
   type JsonObject,
@@ -24,6 +25,7 @@ import {
   type JsonRpcNotification,
   type JsonRpcRequest,
   type JsonRpcResponse,
+  parsedResponse,
 } from "../../shared/jsonRpc.js"
 import { UpstreamError } from "../errors.js"
 import type { ChildState, ReadyChild, SupervisedChild } from "./ChildSupervisor.js"
@@ -344,7 +346,9 @@ export class Multiplexer {
     const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
       Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
         const cancel = call(message, (outcome) =>
-          resume(outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(outcome)),
+          resume(
+            outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(parsedResponse(outcome)),
+          ),
         )
         return Effect.sync(cancel)
       })
@@ -449,7 +453,11 @@ export class Multiplexer {
     }
     // The first subscriber subscribes the child; if the child refuses, nobody holds the URI.
     return this.forward(lease, connection, request, (outcome) => {
-      if (outcome instanceof UpstreamError || outcome.error !== undefined) {
+      // Only plain successes come back as bytes (a forwarded answer is never an error).
+      if (
+        outcome instanceof UpstreamError ||
+        (!(outcome instanceof ForwardedResponse) && outcome.error !== undefined)
+      ) {
         lease.subscriptions.delete(uri)
         const left = (this.subscribers.get(uri) ?? 1) - 1
         if (left > 0) this.subscribers.set(uri, left)
