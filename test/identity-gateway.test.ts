@@ -23,6 +23,7 @@ import {
   removeDir,
   writeText,
 } from "./support/openssh.js"
+import { waitUntil } from "./support/processes.js"
 import { connect, openLineChannel, opensshArgs } from "./support/ssh.js"
 
 const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
@@ -330,7 +331,8 @@ describe("identities and certificates through the gateway", () => {
     const exited = new Promise<number | null>((resolve) => ssh.once("close", resolve))
     ssh.stdin.write(`${JSON.stringify({ jsonrpc: "2.0", id: 1, method: "ping" })}\n`)
     await gateway.waitForLog(/identity=live-robot groups=deploy,robots cert_serial=77/)
-    expect(stdout).toMatch(/"id":1/)
+    // The audit line can be written before the answer has crossed to ssh's stdout.
+    await waitUntil(() => /"id":1/.test(stdout), 10_000, "the ping's answer on ssh's stdout")
     const next = makeKrl(dir, "next.krl", ["-s", ca.publicPath], [krlSpec([revokedSerial, "77"])])
     writeFileSync(krlPath, readFileSync(next.path))
     await gateway.waitForLog(/closed: certificate serial 77 of SHA256:\S+ is now revoked/)
