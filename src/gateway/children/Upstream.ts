@@ -77,6 +77,22 @@ export interface UpstreamOptions {
   readonly outputReady: Effect.Effect<void>
 }
 
+/**
+ * `request` over a connection's `call`: the answer parsed (a forwarded one too), the call cancelled
+ * at the child when the caller is interrupted.
+ */
+export const requestThrough =
+  (call: UpstreamConnection["call"]) =>
+  (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
+    Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
+      const cancel = call(message, (outcome) =>
+        resume(
+          outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(parsedResponse(outcome)),
+        ),
+      )
+      return Effect.sync(cancel)
+    })
+
 export class Upstream extends Context.Tag("mcp-ssh/Upstream")<
   Upstream,
   {
@@ -240,15 +256,7 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
       }
     }
 
-    const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
-      Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
-        const cancel = call(message, (outcome) =>
-          resume(
-            outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(parsedResponse(outcome)),
-          ),
-        )
-        return Effect.sync(cancel)
-      })
+    const request = requestThrough(call)
 
     const drain = (within: Duration.Duration, reason: UpstreamError) =>
       Effect.async<void>((resume) => {

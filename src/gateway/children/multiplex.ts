@@ -25,12 +25,11 @@ import {
   type JsonRpcNotification,
   type JsonRpcRequest,
   type JsonRpcResponse,
-  parsedResponse,
 } from "../../shared/jsonRpc.js"
 import { UpstreamError } from "../errors.js"
-import type { ChildState, ReadyChild, SupervisedChild } from "./ChildSupervisor.js"
+import type { ChildState, ReadyChild, SupervisedChild, SupervisorHooks } from "./ChildSupervisor.js"
 import type { CallOutcome } from "./pendingCalls.js"
-import type { ChildMessage, UpstreamConnection } from "./Upstream.js"
+import { type ChildMessage, requestThrough, type UpstreamConnection } from "./Upstream.js"
 
 const severity: Readonly<Record<string, number>> = {
   debug: 0,
@@ -82,17 +81,7 @@ const ok = (id: JsonRpcId): JsonRpcResponse => ({ jsonrpc: "2.0", id, result: {}
 const nothing = () => {}
 
 /** What a session gives its lease: where the child's messages and state changes for it go. */
-export interface LeaseHooks {
-  readonly onMessage: (
-    child: SupervisedChild,
-    connection: UpstreamConnection,
-    message: ChildMessage,
-  ) => Effect.Effect<void>
-  readonly onStateChange: (
-    child: SupervisedChild,
-    previous: ChildState,
-    next: ChildState,
-  ) => Effect.Effect<void>
+export interface LeaseHooks extends Pick<SupervisorHooks, "onMessage" | "onStateChange"> {
   /** The client's capabilities, once its handshake is known. */
   readonly clientCapabilities: () => JsonObject | undefined
 }
@@ -343,15 +332,7 @@ export class Multiplexer {
           return this.forward(lease, connection, request, done)
       }
     }
-    const request = (message: JsonRpcRequest): Effect.Effect<JsonRpcResponse, UpstreamError> =>
-      Effect.async<JsonRpcResponse, UpstreamError>((resume) => {
-        const cancel = call(message, (outcome) =>
-          resume(
-            outcome instanceof UpstreamError ? Effect.fail(outcome) : Effect.succeed(parsedResponse(outcome)),
-          ),
-        )
-        return Effect.sync(cancel)
-      })
+    const request = requestThrough(call)
     const send = (message: JsonRpcNotification | JsonRpcResponse): Effect.Effect<void, UpstreamError> => {
       if ("method" in message) {
         // The client's cancellations reach the child through its calls' own cancel; roots are not relayed.
