@@ -21,7 +21,7 @@ import {
   tempDir,
 } from "./support/gateway.js"
 import { signalProcess } from "./support/processes.js"
-import { type LineChannel, openSession } from "./support/ssh.js"
+import { callTool as call, openSession, toolNames } from "./support/ssh.js"
 
 const mini = (tag: string): ServerEntry => node("mini-server.mjs", "normal", tag)
 const servers = { alpha: mini("alpha"), beta: mini("beta") }
@@ -58,27 +58,6 @@ const reloadWith = async (running: RunningGateway, config: unknown, outcome: Reg
   }
   throw new Error(`no reload outcome ${outcome} in:\n${running.log()}`)
 }
-
-/** Every merged tool name, following the cursor (a page holds one child's tools). */
-const toolNames = async (channel: LineChannel, id: string) => {
-  const names: Array<string> = []
-  let cursor: string | undefined
-  for (let page = 0; page < 10; page++) {
-    const response = await channel.request(
-      `${id}-${page}`,
-      "tools/list",
-      cursor === undefined ? {} : { cursor },
-    )
-    const result = response.result as { tools?: Array<{ name: string }>; nextCursor?: string }
-    names.push(...(result.tools ?? []).map((tool) => tool.name))
-    cursor = result.nextCursor
-    if (cursor === undefined) break
-  }
-  return names.sort()
-}
-
-const call = (channel: LineChannel, id: string, name: string, args: Record<string, unknown> = {}) =>
-  channel.request(id, "tools/call", { name, arguments: args })
 
 describe("access policy over SSH", () => {
   it("two keys see different tools; calls across the line fail as unknown; edits reach a live session", async () => {

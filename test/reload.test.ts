@@ -17,7 +17,7 @@ import {
 } from "./support/gateway.js"
 import { metricsUrl, scrape } from "./support/metrics.js"
 import { childrenOf, signalProcess, waitUntil } from "./support/processes.js"
-import { type LineChannel, openSession } from "./support/ssh.js"
+import { callTool as call, openSession, toolNames } from "./support/ssh.js"
 
 const run = promisify(execFile)
 const adminToken = "reload-test-admin-token-0123456789"
@@ -61,26 +61,6 @@ const childrenTagged = (running: RunningGateway, tag: string) =>
       return false
     }
   })
-
-const toolNames = async (channel: LineChannel, id: string) => {
-  const names: Array<string> = []
-  let cursor: string | undefined
-  for (let page = 0; page < 10; page++) {
-    const response = await channel.request(
-      `${id}-${page}`,
-      "tools/list",
-      cursor === undefined ? {} : { cursor },
-    )
-    const result = response.result as { tools?: Array<{ name: string }>; nextCursor?: string }
-    names.push(...(result.tools ?? []).map((tool) => tool.name))
-    cursor = result.nextCursor
-    if (cursor === undefined) break
-  }
-  return names.sort()
-}
-
-const call = (channel: LineChannel, id: string, name: string, args: Record<string, unknown> = {}) =>
-  channel.request(id, "tools/call", { name, arguments: args })
 
 const postReload = async (running: RunningGateway, token = adminToken) => {
   const response = await fetch(`${running.keyApiUrl}/admin/reload`, {

@@ -10,7 +10,7 @@ import { promisify } from "node:util"
 import { afterEach, describe, expect, it } from "vitest"
 import { disposeGateway, mainScript, node, type RunningGateway, startGateway } from "./support/gateway.js"
 import { childrenOf, waitUntil } from "./support/processes.js"
-import { connect, type LineChannel, openLineChannel } from "./support/ssh.js"
+import { callTool as call, connect, openLineChannel } from "./support/ssh.js"
 
 let gateway: RunningGateway | undefined
 afterEach(async () => {
@@ -26,9 +26,6 @@ const openSession = async (running: RunningGateway, servers: string) => {
 }
 
 const textOf = (message: Record<string, unknown>) => JSON.stringify(message.result ?? message.error)
-
-const call = (channel: LineChannel, id: string, name: string, args: Record<string, unknown>) =>
-  channel.request(id, "tools/call", { name, arguments: args })
 
 const run = promisify(execFile)
 const adminToken = "shared-servers-admin-token"

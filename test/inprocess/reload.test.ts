@@ -11,6 +11,7 @@ import {
   startGateway,
   type TestClient,
   text,
+  toolNames,
 } from "../support/inprocess/index.js"
 
 const echo: FakeTool = {
@@ -29,28 +30,6 @@ const busy: FakeTool = {
   name: "busy",
   run: (call) => Effect.forever(call.progress(1).pipe(Effect.zipRight(Effect.sleep("50 millis")))),
 }
-
-/** Every merged tool name, following the cursor (a page holds one child's tools). */
-const toolNames = (client: TestClient, id: number) =>
-  Effect.gen(function* () {
-    const names: Array<string> = []
-    let cursor: string | undefined
-    for (let page = 0; page < 10; page++) {
-      const response = yield* client.request(
-        `${id}-${page}`,
-        "tools/list",
-        cursor === undefined ? {} : { cursor },
-      )
-      const result = (response.result ?? {}) as {
-        tools?: ReadonlyArray<{ name: string }>
-        nextCursor?: string
-      }
-      names.push(...(result.tools ?? []).map((tool) => tool.name))
-      cursor = result.nextCursor
-      if (cursor === undefined) break
-    }
-    return names.sort()
-  })
 
 const call = (client: TestClient, id: number, name: string, args: Record<string, unknown> = {}) =>
   client.request(id, "tools/call", { name, arguments: args })

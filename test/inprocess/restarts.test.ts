@@ -10,6 +10,7 @@ import {
   type TestClient,
   type ToolCall,
   text,
+  toolNames,
 } from "../support/inprocess/index.js"
 
 const servers = {
@@ -18,25 +19,6 @@ const servers = {
   },
   steady: { tools: [{ name: "echo" }] },
 }
-
-/** Every tool the client can see now, following the merged cursor. */
-const toolNames = (client: TestClient, id: number) =>
-  Effect.gen(function* () {
-    const names: Array<string> = []
-    let cursor: string | undefined
-    for (let page = 0; page < 10; page++) {
-      const response = yield* client.request(
-        `${id}/${page}`,
-        "tools/list",
-        cursor === undefined ? {} : { cursor },
-      )
-      const result = response.result as { tools: Array<{ name: string }>; nextCursor?: string }
-      names.push(...result.tools.map((tool) => tool.name))
-      cursor = result.nextCursor
-      if (cursor === undefined) break
-    }
-    return names
-  })
 
 const listChanged = (client: TestClient) => client.notification("notifications/tools/list_changed")
 

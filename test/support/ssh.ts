@@ -160,6 +160,32 @@ export const openSession = async (
   return channel
 }
 
+/** Every merged tool name, sorted, following the cursor (a page holds one child's tools). */
+export const toolNames = async (channel: LineChannel, id: string): Promise<Array<string>> => {
+  const names: Array<string> = []
+  let cursor: string | undefined
+  for (let page = 0; page < 10; page++) {
+    const response = await channel.request(
+      `${id}-${page}`,
+      "tools/list",
+      cursor === undefined ? {} : { cursor },
+    )
+    const result = response.result as { tools?: Array<{ name: string }>; nextCursor?: string }
+    names.push(...(result.tools ?? []).map((tool) => tool.name))
+    cursor = result.nextCursor
+    if (cursor === undefined) break
+  }
+  return names.sort()
+}
+
+/** tools/call of `name` with `args`, and its answer. */
+export const callTool = (
+  channel: LineChannel,
+  id: number | string,
+  name: string,
+  args: Record<string, unknown> = {},
+) => channel.request(id, "tools/call", { name, arguments: args })
+
 /** An MCP SDK transport over an ssh2 channel, so the SDK's Client can talk through ssh2. */
 export class ChannelTransport implements Transport {
   onclose?: () => void

@@ -235,6 +235,28 @@ export const startGateway = (
     } satisfies InProcessGateway
   })
 
+/** Every tool the client can see now, in list order, following the merged cursor. */
+export const toolNames = (client: TestClient, id: number) =>
+  Effect.gen(function* () {
+    const names: Array<string> = []
+    let cursor: string | undefined
+    for (let page = 0; page < 10; page++) {
+      const response = yield* client.request(
+        `${id}/${page}`,
+        "tools/list",
+        cursor === undefined ? {} : { cursor },
+      )
+      const result = (response.result ?? {}) as {
+        tools?: ReadonlyArray<{ name: string }>
+        nextCursor?: string
+      }
+      names.push(...(result.tools ?? []).map((tool) => tool.name))
+      cursor = result.nextCursor
+      if (cursor === undefined) break
+    }
+    return names
+  })
+
 /** One turn of the real event loop: what the streams have to deliver gets delivered. */
 const realTurn = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
 
