@@ -348,7 +348,7 @@ describe("a shared child crashing under load", () => {
   }, 60_000)
 })
 
-describe("identity scope", () => {
+describe("identity scope and the per-identity budget", () => {
   let gateway: RunningGateway
   const keys = tempDir("mcp-ssh-identity-keys-")
   const alice = makeKey(keys, "alice")
@@ -357,7 +357,11 @@ describe("identity scope", () => {
     gateway = await startGateway({
       servers: {
         mini: { ...node("mini-server.mjs"), scope: "identity", env: { WHO: "${MCP_SSH_IDENTITY}" } },
+        one: node("mini-server.mjs"),
+        two: node("mini-server.mjs"),
       },
+      // alice's and bob's identity children are one each: within it.
+      flags: ["--max-children-per-identity", "1"],
       authorizedLines: [`mcp-identity="alice" ${alice.publicLine}`, `mcp-identity="bob" ${bob.publicLine}`],
     })
   })
@@ -368,7 +372,7 @@ describe("identity scope", () => {
 
   it("with ${MCP_SSH_IDENTITY} in env, each identity gets its own child with its own value", async () => {
     const openAs = async (key: typeof alice) => {
-      const channel = await openSession(gateway, "", { privateKey: readFileSync(key.privatePath) })
+      const channel = await openSession(gateway, "mini", { privateKey: readFileSync(key.privatePath) })
       await channel.initialize()
       return channel
     }
@@ -386,5 +390,30 @@ describe("identity scope", () => {
     // One child for alice's two sessions, one for bob's.
     await waitUntil(() => childrenOf(gateway.pid).length === 2, 15_000, "two children")
     await close(...sessions)
+  })
+
+  it("past --max-children-per-identity a session's server gets the identity's error, and its other server works", async () => {
+    // The default key's identity is its comment; it runs no child yet.
+    const channel = await openSession(gateway, "one,two")
+    await channel.initialize()
+    const answers = await Promise.all([
+      callTool(channel, "a", "one__echo", { message: "first" }),
+      callTool(channel, "b", "two__echo", { message: "second" }),
+    ])
+    expect(answers.filter((answer) => answer.error === undefined).map(textOf)).toEqual([
+      expect.stringMatching(/^(first|second)$/),
+    ])
+    expect(answers.filter((answer) => answer.error !== undefined).map((answer) => answer.error)).toEqual([
+      {
+        code: -32000,
+        message: expect.stringMatching(
+          /server '(one|two)' cannot start: identity 'client@test' runs 1 children, the --max-children-per-identity limit of 1/,
+        ),
+      },
+    ])
+    await gateway.waitForLog(
+      /identity 'client@test' runs 1 children, the --max-children-per-identity limit of 1/,
+    )
+    await close(channel)
   })
 })
