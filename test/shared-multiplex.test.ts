@@ -346,6 +346,26 @@ describe("a shared child crashing under load", () => {
     ).toEqual(ownChildren.sort())
     await close(...sessions)
   }, 60_000)
+
+  it("a session's subscription holds across a restart of the shared child", async () => {
+    const [subscriber, other] = await Promise.all([startSession(gateway), startSession(gateway)])
+    await subscriber.request(nextId(), "resources/subscribe", { uri: "probe://b" })
+    const listChanges = () =>
+      subscriber.messages.filter((m) => m.method === "notifications/tools/list_changed").length
+    const before = listChanges()
+    await callTool(other, nextId(), "probe__crash")
+    await subscriber.waitForCount((m) => m.method === "notifications/tools/list_changed", before + 2, 20_000)
+    // The new child must hold the subscription the session still has, or it never announces updates.
+    await waitUntilAsync(
+      async () => (await received(other, "resources/subscribe")).some((m) => paramsOf(m).uri === "probe://b"),
+      "the restarted child to be subscribed again",
+    )
+    expect(textOf(await callTool(other, nextId(), "probe__updated", { uri: "probe://b" }))).toBe("announced")
+    await subscriber.waitFor(
+      (m) => m.method === "notifications/resources/updated" && paramsOf(m).uri === "probe://b",
+    )
+    await close(subscriber, other)
+  }, 60_000)
 })
 
 describe("identity scope and the per-identity budget", () => {

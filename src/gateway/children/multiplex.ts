@@ -218,8 +218,19 @@ export class Multiplexer {
   }
 
   /** The real child came up or went down: every session hears it as a change of its own child. */
-  stateChanged(previous: ChildState, _next: ChildState): Effect.Effect<void> {
-    return Effect.forEach(
+  stateChanged(previous: ChildState, next: ChildState): Effect.Effect<void> {
+    const resubscribe = Effect.sync(() => {
+      if (next._tag !== "Ready" || (previous._tag === "Ready" && previous.connection === next.connection))
+        return
+      // A new life of the child knows nothing of the URIs its sessions still hold, and their own
+      // subscribe would stop at the count here: subscribe the new child to each of them again.
+      for (const uri of this.subscribers.keys())
+        next.connection.call(
+          { jsonrpc: "2.0", id: "mcp-ssh", method: "resources/subscribe", params: { uri } },
+          nothing,
+        )
+    })
+    const tell = Effect.forEach(
       [...this.leases],
       (lease) => {
         const view = lease.view
@@ -230,6 +241,7 @@ export class Multiplexer {
       },
       { discard: true },
     )
+    return Effect.zipRight(resubscribe, tell)
   }
 
   /** What the child sends on its own, to the session(s) it is for. */
