@@ -137,6 +137,38 @@ describe("a shared child multiplexed over SSH", () => {
     await close(other)
   })
 
+  it("a client's cancellation reaches the child under the child's own id of the call", async () => {
+    const [caller, other] = await Promise.all([startSession(gateway), startSession(gateway)])
+    caller.send({
+      jsonrpc: "2.0",
+      id: "to-cancel",
+      method: "tools/call",
+      params: { name: "probe__hang", arguments: { marker: "cancelled" } },
+    })
+    const childId = await hangAtChild(other, "cancelled")
+    caller.send({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: "to-cancel" } })
+    await waitUntilAsync(
+      async () =>
+        (await received(other, "notifications/cancelled")).some((m) => paramsOf(m).requestId === childId),
+      "the child to receive the cancellation",
+    )
+    expect(childId).not.toBe("to-cancel")
+    // The caller is not held up by the cancelled call.
+    expect(textOf(await callTool(caller, nextId(), "probe__echo", { message: "next" }))).toBe("next")
+    await close(caller, other)
+  })
+
+  it("the child's list_changed reaches every session using it", async () => {
+    const sessions = await Promise.all([startSession(gateway), startSession(gateway), startSession(gateway)])
+    const [first] = sessions
+    if (first === undefined) throw new Error("no session")
+    await callTool(first, nextId(), "probe__changed")
+    await Promise.all(
+      sessions.map((channel) => channel.waitFor((m) => m.method === "notifications/tools/list_changed")),
+    )
+    await close(...sessions)
+  })
+
   it("subscriptions are counted per URI and updates reach subscribers only", async () => {
     const [a, b, c] = await Promise.all([startSession(gateway), startSession(gateway), startSession(gateway)])
     const atChild = async (method: string) =>
@@ -235,6 +267,25 @@ describe("a shared child multiplexed over SSH", () => {
     expect(requestsTo(a)).toEqual(["sampling/createMessage"])
     expect(requestsTo(b)).toEqual(["elicitation/create"])
     await close(a, b)
+  })
+
+  it("a session that closes before answering the child's request gets the child an error", async () => {
+    const [asker, other] = await Promise.all([startSession(gateway, { sampling: {} }), startSession(gateway)])
+    const answersBefore = (await received(other, "answer")).length
+    void callTool(asker, nextId(), "probe__ask", {
+      method: "sampling/createMessage",
+      params: { messages: [], maxTokens: 10 },
+    }).catch(() => undefined)
+    await asker.waitFor((m) => m.method === "sampling/createMessage")
+    await close(asker)
+    let answers: Array<Message> = []
+    await waitUntilAsync(async () => {
+      answers = (await received(other, "answer")).slice(answersBefore)
+      return answers.length > 0
+    }, "the child's answer")
+    expect(answers).toHaveLength(1)
+    expect(answers[0]).toMatchObject({ error: { code: -32000, message: expect.stringContaining("closed") } })
+    await close(other)
   })
 
   it("with two sessions calling, the child's request is refused with an error and a warning names the server", async () => {
