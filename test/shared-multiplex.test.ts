@@ -398,9 +398,10 @@ describe("a shared child crashing under load", () => {
     await close(...sessions)
   }, 60_000)
 
-  it("a session's subscription holds across a restart of the shared child", async () => {
+  it("a session's subscription and log level hold across a restart of the shared child", async () => {
     const [subscriber, other] = await Promise.all([startSession(gateway), startSession(gateway)])
     await subscriber.request(nextId(), "resources/subscribe", { uri: "probe://b" })
+    await subscriber.request(nextId(), "logging/setLevel", { level: "warning" })
     const listChanges = () =>
       subscriber.messages.filter((m) => m.method === "notifications/tools/list_changed").length
     const before = listChanges()
@@ -411,6 +412,7 @@ describe("a shared child crashing under load", () => {
       async () => (await received(other, "resources/subscribe")).some((m) => paramsOf(m).uri === "probe://b"),
       "the restarted child to be subscribed again",
     )
+    expect((await received(other, "logging/setLevel")).map((m) => paramsOf(m).level)).toEqual(["warning"])
     expect(textOf(await callTool(other, nextId(), "probe__updated", { uri: "probe://b" }))).toBe("announced")
     await subscriber.waitFor(
       (m) => m.method === "notifications/resources/updated" && paramsOf(m).uri === "probe://b",
