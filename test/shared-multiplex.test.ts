@@ -28,9 +28,9 @@ const textOf = (answer: Message): string => {
 let ids = 0
 const nextId = () => `t${++ids}`
 
-/** A session of every server, its client declaring `capabilities`. */
-const startSession = async (gateway: RunningGateway, capabilities: Message = {}) => {
-  const channel = await openSession(gateway, "")
+/** A session of `servers` (the shared probe alone by default), its client declaring `capabilities`. */
+const startSession = async (gateway: RunningGateway, capabilities: Message = {}, servers = "probe") => {
+  const channel = await openSession(gateway, servers)
   await channel.request(nextId(), "initialize", {
     protocolVersion: "2025-06-18",
     capabilities,
@@ -77,7 +77,8 @@ const probe = { ...node("probe-server.mjs"), scope: "shared" as const }
 describe("a shared child multiplexed over SSH", () => {
   let gateway: RunningGateway
   beforeAll(async () => {
-    gateway = await startGateway({ servers: { probe } })
+    // mini: a per-session server beside the shared one, for the crash tests (which come last).
+    gateway = await startGateway({ servers: { probe, mini: node("mini-server.mjs") } })
   })
   afterAll(() => disposeGateway(gateway))
 
@@ -330,17 +331,11 @@ describe("a shared child multiplexed over SSH", () => {
     expect(session.messages.filter((m) => m.method === "sampling/createMessage")).toEqual([])
     await close(session)
   })
-})
 
-describe("a shared child crashing under load", () => {
-  let gateway: RunningGateway
-  beforeAll(async () => {
-    gateway = await startGateway({ servers: { probe, mini: node("mini-server.mjs") } })
-  })
-  afterAll(() => disposeGateway(gateway))
-
-  it("fails every session's calls with -32000 naming it, comes back, and the other server loses nothing", async () => {
-    const sessions = await Promise.all([startSession(gateway), startSession(gateway), startSession(gateway)])
+  it("a crash under load fails every session's calls with -32000 naming it, it comes back, and the other server loses nothing", async () => {
+    const sessions = await Promise.all(
+      Array.from({ length: 3 }, () => startSession(gateway, {}, "probe,mini")),
+    )
     const [first] = sessions
     if (first === undefined) throw new Error("no session")
     const pidOf = async (channel: LineChannel) =>
