@@ -1,8 +1,8 @@
 /**
  * What multiplexing one shared child between sessions must keep apart, over real SSH with a real
- * child (test/fixtures/probe-server.mjs) that reports what reached it: progress, a closing
- * session's cancellation, subscriptions, log levels, the child's requests to a client, a crash
- * under load, and identity scope's one child per identity.
+ * child (test/fixtures/probe-server.mjs) that reports what reached it: progress, cancellations,
+ * subscriptions, log levels, the child's requests to a client, a crash under load and what the
+ * restarted child is given again; then identity scope's one child per identity and its budget.
  */
 import { readFileSync, rmSync } from "node:fs"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
