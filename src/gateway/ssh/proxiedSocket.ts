@@ -7,7 +7,7 @@
 import type { Socket } from "node:net"
 import { Data, Duration, Effect } from "effect"
 import { type CidrList, matchCidrList } from "../identity/addressPatterns.js"
-import { type Peer, parseProxyHeader, peerOf, type ProxyHeader, untrustedOpening } from "./proxyProtocol.js"
+import { type Peer, type ProxyHeader, parseProxyHeader, peerOf, untrustedOpening } from "./proxyProtocol.js"
 
 /** A connection refused before SSH: a bad, missing or late PROXY header, or one nobody trusts. */
 export class ProxyHeaderRefused extends Data.TaggedError("ProxyHeaderRefused")<{
