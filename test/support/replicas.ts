@@ -44,6 +44,7 @@ const startReplica = async (name: string, options: GatewayOptions): Promise<Repl
   const gateway = await startGateway({
     ...options,
     flags: [...(options.flags ?? []), "--metrics-port", "0"],
+    readyTimeoutMs: options.readyTimeoutMs ?? 45_000,
   })
   try {
     const line = await gateway.waitForLog(/metrics listening on http:\/\//)
@@ -62,7 +63,7 @@ const startReplica = async (name: string, options: GatewayOptions): Promise<Repl
  */
 export const startReplicas = async (
   count: number,
-  options: Omit<GatewayOptions, "shared" | "keyApi"> = {},
+  options: Omit<GatewayOptions, "shared"> = {},
 ): Promise<Fleet> => {
   const dir = tempDir("mcp-ssh-fleet-")
   const hostKeyPath = join(dir, "host_key")
