@@ -27,6 +27,11 @@ export interface HaproxyOptions {
   readonly proxyProtocol?: "v1" | "v2"
   /** Milliseconds between health checks (HAProxy's `inter`). */
   readonly checkInterval?: number
+  /**
+   * The address HAProxy connects to the backends from (`source`): the one the gateways trust, so
+   * that other local clients (127.0.0.1) still reach them directly.
+   */
+  readonly sourceAddress?: string
 }
 
 /**
@@ -61,6 +66,7 @@ export const haproxyConfig = (options: HaproxyOptions, port: number, statsSocket
     "  default_backend gateways",
     "backend gateways",
     "  balance roundrobin",
+    ...(options.sourceAddress === undefined ? [] : [`  source ${options.sourceAddress}`]),
     "  option httpchk GET /ready",
     "  http-check expect status 200",
     ...servers,
