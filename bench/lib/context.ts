@@ -153,7 +153,7 @@ export const sizesFor = (quick: boolean) =>
           seconds: 3,
           throughputCalls: 1_000,
         },
-        fleet: { loginConcurrency: 4, loginSeconds: 1, loginRounds: 1, warmup: 20, calls: 200, rounds: 2 },
+        fleet: { loginConcurrency: 4, loginSeconds: 1, loginRounds: 1, warmup: 20, calls: 200, rounds: 4 },
       }
     : {
         latency: { warmup: 1_000, calls: 2_000, rounds: 4, everythingCalls: 1_000 },
@@ -181,7 +181,14 @@ export const sizesFor = (quick: boolean) =>
           seconds: 30,
           throughputCalls: 20_000,
         },
-        fleet: { loginConcurrency: 8, loginSeconds: 3, loginRounds: 3, warmup: 500, calls: 2_000, rounds: 4 },
+        fleet: {
+          loginConcurrency: 8,
+          loginSeconds: 3,
+          loginRounds: 3,
+          warmup: 500,
+          calls: 2_000,
+          rounds: 40,
+        },
       }
 
 export type Sizes = ReturnType<typeof sizesFor>

@@ -13,10 +13,14 @@ import { prepareEcho, sequentialEchoes } from "../lib/calls.js"
 import type { Context } from "../lib/context.js"
 import { type Gateway, startGateway } from "../lib/gateway.js"
 import { haproxyPath, startHaproxy } from "../lib/haproxy.js"
+import { cpuMicrosOf } from "../lib/procs.js"
 import { compareP50, type Row, withUnit } from "../lib/report.js"
 import { closeSsh2, connectSsh2, openSsh2Session, type SshTarget } from "../lib/ssh.js"
 import { elapsedMicros, now, summarize } from "../lib/stats.js"
 import { miniServer } from "../lib/workspace.js"
+
+const percentOfCore = (cpuMicros: number, seconds: number) =>
+  `${((cpuMicros / 1e6 / seconds) * 100).toFixed(0)}% of a core`
 
 /** Where HAProxy connects to the replicas from: the one address they trust. */
 const proxySource = "127.0.0.2"
@@ -28,6 +32,9 @@ interface LoginPath {
   readonly samples: Array<number>
   logins: number
   seconds: number
+  /** CPU time over its runs, µs: the bench's own (the ssh2 clients), and the replicas' with HAProxy's. */
+  clientCpu: number
+  serverCpu: number
 }
 
 export const fleet = async (ctx: Context): Promise<void> => {
@@ -76,10 +83,20 @@ export const fleet = async (ctx: Context): Promise<void> => {
     })
     cleanups.push(toOne.stop)
     const through = (port: number, label: string): SshTarget => ({ ...first, port, label })
+    const serverPids = () => [...replicas.map((replica) => replica.pid), toAll.process.pid, toOne.process.pid]
 
     // Logins: interleaved rounds, each path N logins at once for a few seconds.
     const paths: Array<LoginPath> = [
-      { name: "1 replica, direct", target: first, baseline: true, samples: [], logins: 0, seconds: 0 },
+      {
+        name: "1 replica, direct",
+        target: first,
+        baseline: true,
+        samples: [],
+        logins: 0,
+        seconds: 0,
+        clientCpu: 0,
+        serverCpu: 0,
+      },
       {
         name: "HAProxy to 1 replica",
         target: through(toOne.port, "HAProxy to 1 replica"),
@@ -87,6 +104,8 @@ export const fleet = async (ctx: Context): Promise<void> => {
         samples: [],
         logins: 0,
         seconds: 0,
+        clientCpu: 0,
+        serverCpu: 0,
       },
       {
         name: "HAProxy to 3 replicas",
@@ -95,6 +114,8 @@ export const fleet = async (ctx: Context): Promise<void> => {
         samples: [],
         logins: 0,
         seconds: 0,
+        clientCpu: 0,
+        serverCpu: 0,
       },
     ]
     for (const path of paths) await closeSsh2(await connectSsh2(path.target, ctx.clientKey))
@@ -106,6 +127,8 @@ export const fleet = async (ctx: Context): Promise<void> => {
         ctx.checkTime()
         const stopAt = Date.now() + sizes.loginSeconds * 1_000
         const start = now()
+        const clientBefore = process.cpuUsage()
+        const serverBefore = cpuMicrosOf(serverPids())
         const worker = async () => {
           while (Date.now() < stopAt) {
             const began = now()
@@ -117,12 +140,17 @@ export const fleet = async (ctx: Context): Promise<void> => {
         }
         await Promise.all(Array.from({ length: sizes.loginConcurrency }, worker))
         path.seconds += elapsedMicros(start) / 1e6
+        const client = process.cpuUsage(clientBefore)
+        path.clientCpu += client.user + client.system
+        path.serverCpu += cpuMicrosOf(serverPids()) - serverBefore
       }
     }
     let baselineRow: Row | undefined
     for (const path of paths) {
       const summary = summarize(path.samples)
       const rate = path.logins / path.seconds
+      // On a small machine the bench's own clients may be the bound, not the replicas: say who was busy.
+      const busy = `CPU: bench clients ${percentOfCore(path.clientCpu, path.seconds)}, replicas and HAProxy ${percentOfCore(path.serverCpu, path.seconds)}`
       const row = results.add({
         scenario: "fleet",
         case: `logins: ${path.name} (${sizes.loginConcurrency} at once)`,
@@ -142,14 +170,15 @@ export const fleet = async (ctx: Context): Promise<void> => {
                   text: `${(rate / (baselineRow.rate ?? Number.NaN)).toFixed(2)}× the logins/s of 1 replica direct`,
                 },
               ],
-        ...(path.baseline
-          ? { note: "p50/p99: one login (connect to authenticated); the calls/s column: logins per second" }
-          : {}),
+        note: path.baseline
+          ? `p50/p99: one login (connect to authenticated); the calls/s column: logins per second; ${busy}`
+          : busy,
       })
       if (path.baseline) baselineRow = row
     }
 
-    // The hop's cost on a call: the same replica, directly and through HAProxy, interleaved rounds.
+    // The hop's cost on a call: the same replica, directly and through HAProxy, in short interleaved
+    // rounds (50 calls each in the full run), so the machine's other load falls on both alike.
     const direct = await openSsh2Session(first, ctx.clientKey, "replica1 directly")
     cleanups.push(direct.close)
     const proxied = await openSsh2Session(

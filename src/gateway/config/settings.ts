@@ -133,7 +133,7 @@ export const gatewaySettings = {
   trustedProxies: {
     schema: CidrListText,
     default: undefined,
-    doc: "load balancers (addresses, CIDR networks) whose X-Forwarded-For the key API believes",
+    doc: "load balancers (addresses, CIDR networks) that name the client: a PROXY header (v1 or v2) on each of their SSH connections, required; X-Forwarded-For to the key API",
   },
   metricsHost: {
     schema: NonEmpty,
