@@ -133,7 +133,7 @@ export const gatewaySettings = {
   trustedProxies: {
     schema: CidrListText,
     default: undefined,
-    doc: "load balancers (addresses, CIDR networks) that name the client: a PROXY header (v1 or v2) on each of their SSH connections, required; X-Forwarded-For to the key API",
+    doc: "load balancers (addresses, CIDR networks) whose PROXY header (SSH; required from them) and X-Forwarded-For (key API) name the client",
   },
   metricsHost: {
     schema: NonEmpty,
