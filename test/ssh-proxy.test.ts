@@ -256,6 +256,45 @@ describe.skipIf(haproxyPath === undefined)("the SSH listener behind HAProxy", ()
     }
   })
 
+  it("reads a header that comes in pieces, and hands ssh2 the bytes that follow it in the same read", async () => {
+    if (gateway === undefined) throw new Error("no setup")
+    // In pieces, then an ssh2 login over the same socket: the address is the header's.
+    const pieces = await rawSocket(gateway.port, "127.0.0.1")
+    const header = v2Header([127, 0, 0, 7], 40_007)
+    for (const [from, to] of [
+      [0, 5],
+      [5, 13],
+      [13, header.length],
+    ] as const) {
+      pieces.write(header.subarray(from, to))
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    const client = await connect(gateway, { sock: pieces })
+    client.end()
+    await gateway.waitForLog(/message=authenticated .*remote=127\.0\.0\.7:40007( |$)/)
+
+    // The header and the client's identification line in one write: the gateway answers with its
+    // key exchange, which ssh2 sends only once it has read the client's line.
+    const together = await rawSocket(gateway.port, "127.0.0.1")
+    let received = Buffer.alloc(0)
+    const kexinit = new Promise<void>((resolve) => {
+      together.on("data", (chunk: Buffer) => {
+        received = Buffer.concat([received, chunk])
+        const banner = received.indexOf("\r\n")
+        if (banner !== -1 && received.length > banner + 2 + 5) resolve()
+      })
+    })
+    together.write(Buffer.concat([v2Header([127, 0, 0, 8], 40_008), Buffer.from("SSH-2.0-OpenSSH_9.2\r\n")]))
+    try {
+      await kexinit
+      expect(received.toString("latin1")).toMatch(/^SSH-2\.0-mcp-ssh\r\n/)
+      // Message 20 (KEXINIT) in the first binary packet: 4 bytes of length, 1 of padding length.
+      expect(received[received.indexOf("\r\n") + 2 + 5]).toBe(20)
+    } finally {
+      together.destroy()
+    }
+  })
+
   it("serves a trusted proxy's LOCAL connection (a health check) as the proxy's own", async () => {
     if (gateway === undefined) throw new Error("no setup")
     const socket = await rawSocket(gateway.port, "127.0.0.1")
