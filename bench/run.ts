@@ -18,6 +18,7 @@ import { killAllNow, stopAll, trackedCount } from "./lib/procs.js"
 import { machine, type Report, Results, renderMarkdown, renderText, revision } from "./lib/report.js"
 import { mainScript, removeAllWorkspaces, repoRoot, Workspace } from "./lib/workspace.js"
 import { connection } from "./scenarios/connection.js"
+import { fleet } from "./scenarios/fleet.js"
 import { latency } from "./scenarios/latency.js"
 import { memory } from "./scenarios/memory.js"
 import { payload } from "./scenarios/payload.js"
@@ -52,6 +53,7 @@ const scenarios: Record<ScenarioName, (ctx: Context) => Promise<void>> = {
   memory,
   payload,
   sharing,
+  fleet,
 }
 
 class TimeLimit extends Error {}

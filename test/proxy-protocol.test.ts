@@ -1,7 +1,14 @@
 /** The PROXY protocol header, v1 and v2, as HAProxy's spec writes it: parsed, refused, never a throw. */
 import { randomBytes } from "node:crypto"
 import { describe, expect, it } from "vitest"
-import { looksLikeProxyHeader, parseProxyHeader, proxyV2Signature } from "../src/gateway/ssh/proxyProtocol.js"
+import {
+  looksLikeProxyHeader,
+  parseProxyHeader,
+  peerOf,
+  proxyHeaderTimeoutSeconds,
+  proxyV2Signature,
+  untrustedOpening,
+} from "../src/gateway/ssh/proxyProtocol.js"
 
 const sshHello = Buffer.from("SSH-2.0-OpenSSH_9.2\r\n")
 
@@ -154,5 +161,60 @@ describe("what is no PROXY header", () => {
         if (parsed._tag === "Parsed") expect(parsed.consumed).toBeLessThanOrEqual(bytes.length)
       }
     }
+  })
+})
+
+describe("the peer a connection comes from", () => {
+  const parsed = (address: string, port: number) =>
+    ({ _tag: "Parsed", consumed: 28, source: { address, port } }) as const
+
+  it("is the socket's peer without a header, and the header's client behind a trusted proxy", () => {
+    expect(peerOf("127.0.0.9", 4000, undefined)).toEqual({
+      address: "127.0.0.9",
+      port: 4000,
+      kind: "direct",
+      proxy: undefined,
+    })
+    expect(peerOf("10.0.0.5", 4000, parsed("198.51.100.22", 35646))).toEqual({
+      address: "198.51.100.22",
+      port: 35646,
+      kind: "proxied",
+      proxy: "10.0.0.5:4000",
+    })
+  })
+
+  it("counts one address as one source: IPv4-mapped IPv6 as IPv4, IPv6 in its short form", () => {
+    expect(peerOf("10.0.0.5", 1, parsed("0:0:0:0:0:ffff:c633:6416", 2)).address).toBe("198.51.100.22")
+    expect(peerOf("::ffff:10.0.0.5", 1, parsed("2001:db8:0:0:0:0:0:1", 2))).toMatchObject({
+      address: "2001:db8::1",
+      proxy: "10.0.0.5:1",
+    })
+  })
+
+  it("keeps the proxy's own address for its LOCAL (health check) connections", () => {
+    expect(peerOf("10.0.0.5", 4000, { _tag: "Parsed", consumed: 16, source: undefined })).toEqual({
+      address: "10.0.0.5",
+      port: 4000,
+      kind: "local",
+      proxy: "10.0.0.5:4000",
+    })
+  })
+})
+
+describe("the first bytes of a peer that is not a trusted proxy", () => {
+  it("are refused as a PROXY header as soon as they can be told apart", () => {
+    expect(untrustedOpening(Buffer.alloc(0))).toBe("undecided")
+    expect(untrustedOpening(Buffer.from("PROX"))).toBe("undecided")
+    expect(untrustedOpening(Buffer.from("PROXY "))).toBe("proxy-header")
+    expect(untrustedOpening(proxyV2Signature.subarray(0, 2))).toBe("undecided")
+    expect(untrustedOpening(proxyV2Signature.subarray(0, 4))).toBe("proxy-header")
+    expect(untrustedOpening(Buffer.from("S"))).toBe("other")
+    expect(untrustedOpening(sshHello)).toBe("other")
+    expect(untrustedOpening(Buffer.from("PROXIMA"))).toBe("other")
+  })
+
+  it("give a trusted proxy a few seconds for its header, never more than the login grace time", () => {
+    expect(proxyHeaderTimeoutSeconds(30)).toBe(5)
+    expect(proxyHeaderTimeoutSeconds(2)).toBe(2)
   })
 })

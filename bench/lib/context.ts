@@ -4,7 +4,15 @@ import type { Results } from "./report.js"
 import { ensureSshd, type ForcedCommand, type Sshd, type SshdAvailability, startSshd } from "./sshd.js"
 import { type ClientKey, repoRoot, type Workspace } from "./workspace.js"
 
-export const scenarioNames = ["latency", "throughput", "connection", "memory", "payload", "sharing"] as const
+export const scenarioNames = [
+  "latency",
+  "throughput",
+  "connection",
+  "memory",
+  "payload",
+  "sharing",
+  "fleet",
+] as const
 export type ScenarioName = (typeof scenarioNames)[number]
 
 export interface Options {
@@ -145,6 +153,7 @@ export const sizesFor = (quick: boolean) =>
           seconds: 3,
           throughputCalls: 1_000,
         },
+        fleet: { loginConcurrency: 4, loginSeconds: 1, loginRounds: 1, warmup: 20, calls: 200, rounds: 4 },
       }
     : {
         latency: { warmup: 1_000, calls: 2_000, rounds: 4, everythingCalls: 1_000 },
@@ -171,6 +180,14 @@ export const sizesFor = (quick: boolean) =>
           perSessionSessions: 100,
           seconds: 30,
           throughputCalls: 20_000,
+        },
+        fleet: {
+          loginConcurrency: 8,
+          loginSeconds: 3,
+          loginRounds: 3,
+          warmup: 500,
+          calls: 2_000,
+          rounds: 40,
         },
       }
 

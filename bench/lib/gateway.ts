@@ -24,6 +24,8 @@ export interface GatewayOptions {
   readonly name?: string
   /** Node options before the script, e.g. ["--cpu-prof", "--cpu-prof-dir", DIR] to profile it. */
   readonly nodeArgs?: ReadonlyArray<string>
+  /** A host key file shared with other gateways (replicas behind a load balancer); else its own. */
+  readonly hostKeyPath?: string
 }
 
 export interface Gateway extends SshTarget {
@@ -69,7 +71,7 @@ export const startGateway = async (workspace: Workspace, options: GatewayOptions
   const lines = [...options.clientKeys.map((key) => key.publicLine), ...(options.authorizedLines ?? [])]
   writeFileSync(authorizedKeysPath, `${lines.join("\n")}\n`)
   await chmod(authorizedKeysPath, 0o600)
-  const hostKeyPath = join(dir, "host_key")
+  const hostKeyPath = options.hostKeyPath ?? join(dir, "host_key")
   const configPath = join(dir, "servers_config.json")
   const mcpServers = Object.fromEntries(
     Object.entries(options.servers).map(([name, spec]) => [

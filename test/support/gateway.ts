@@ -63,6 +63,17 @@ export interface GatewayOptions {
   readonly gatewaySection?: Readonly<Record<string, unknown>>
   /** Run the key API on a free port (--run-key-server --key-server-port 0) and wait until it listens. */
   readonly keyApi?: boolean
+  /** How long to wait for it to listen (15 s); several starting at once on a busy machine need more. */
+  readonly readyTimeoutMs?: number
+  /**
+   * Files shared with other gateways (replicas, test/support/replicas.ts): this host key and this
+   * authorized keys file instead of the gateway's own, and the client key they authorize.
+   */
+  readonly shared?: {
+    readonly hostKeyPath: string
+    readonly authorizedKeysPath: string
+    readonly clientKey: ClientKey
+  }
 }
 
 export interface RunningGateway {
@@ -86,14 +97,16 @@ export interface RunningGateway {
 
 export const startGateway = async (options: GatewayOptions = {}): Promise<RunningGateway> => {
   const dir = tempDir()
-  const clientKey = makeKey(dir, "client")
-  const authorizedKeysPath = join(dir, "authorized_keys")
-  writeFileSync(
-    authorizedKeysPath,
-    `${[clientKey.publicLine, ...(options.authorizedLines ?? [])].join("\n")}\n`,
-  )
-  await chmod(authorizedKeysPath, 0o600)
-  const hostKeyPath = join(dir, "host_key")
+  const clientKey = options.shared?.clientKey ?? makeKey(dir, "client")
+  const authorizedKeysPath = options.shared?.authorizedKeysPath ?? join(dir, "authorized_keys")
+  if (options.shared === undefined) {
+    writeFileSync(
+      authorizedKeysPath,
+      `${[clientKey.publicLine, ...(options.authorizedLines ?? [])].join("\n")}\n`,
+    )
+    await chmod(authorizedKeysPath, 0o600)
+  }
+  const hostKeyPath = options.shared?.hostKeyPath ?? join(dir, "host_key")
   const configPath = join(dir, "servers_config.json")
   writeFileSync(
     configPath,
@@ -152,7 +165,7 @@ export const startGateway = async (options: GatewayOptions = {}): Promise<Runnin
       timedOut: () => `timed out waiting for ${pattern} in:\n${output}`,
     })
   const ready = async () => {
-    const listening = await waitForLog(/SSH server listening on/)
+    const listening = await waitForLog(/SSH server listening on/, options.readyTimeoutMs)
     const keyApiUrl =
       options.keyApi === true
         ? /key API listening on (http:\/\/\S+)/.exec(await waitForLog(/key API listening on/))?.[1]

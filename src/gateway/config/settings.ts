@@ -133,7 +133,7 @@ export const gatewaySettings = {
   trustedProxies: {
     schema: CidrListText,
     default: undefined,
-    doc: "load balancers (addresses, CIDR networks) whose X-Forwarded-For the key API believes",
+    doc: "load balancers (addresses, CIDR networks) whose PROXY header (SSH; required from them) and X-Forwarded-For (key API) name the client",
   },
   metricsHost: {
     schema: NonEmpty,

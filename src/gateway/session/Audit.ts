@@ -1,6 +1,7 @@
 /**
  * One audit line per call: who (key fingerprint, identity and groups; for a certificate its serial and
- * CA), which server, method and target, how long, and the outcome; never arguments or results. Written
+ * CA), which server, method and target, from which address, how long, and the outcome; never arguments
+ * or results. Written
  * synchronously in logfmt like the rest of the log, as it sits on every call's path and a fiber per
  * line would cost more than the call.
  */
@@ -53,6 +54,8 @@ export const formatAudit = (entry: AuditEntry, now: Date): string =>
     `server=${logfmtValue(entry.server)}`,
     `method=${logfmtValue(entry.method)}`,
     ...(entry.target === undefined ? [] : [`target=${logfmtValue(entry.target)}`]),
+    // The client's address:port; behind a trusted proxy, the one its PROXY header named.
+    `remote=${logfmtValue(entry.client.address)}`,
     `ms=${entry.millis}`,
     `outcome=${logfmtValue(entry.outcome)}`,
   ].join(" ")
@@ -74,6 +77,7 @@ export const formatAuditJson = (entry: AuditEntry, now: Date): string =>
       server: entry.server,
       method: entry.method,
       ...(entry.target === undefined ? {} : { target: entry.target }),
+      remote: entry.client.address,
       ms: entry.millis,
       outcome: entry.outcome,
     },

@@ -24,6 +24,7 @@ import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ListenError } from "../errors.js"
 import type { ClientIdentity } from "../hub/Hub.js"
 import { KeyStore } from "../keys/KeyStore.js"
+import { trustedProxiesOf } from "../keys/keyApiRules.js"
 import { RevokedKeys } from "../keys/RevokedKeys.js"
 import { recentWithin, watchFiles } from "../keys/recentFiles.js"
 import { Drain } from "../ops/Drain.js"
@@ -33,6 +34,8 @@ import { wireClient } from "./clientEvents.js"
 import { HostKey } from "./HostKey.js"
 import { LiveConnections } from "./liveConnections.js"
 import type { Credentials, Grant } from "./loginDecision.js"
+import { type ProxyHeaderRefused, refuseUntrustedProxyHeader, resolvePeer } from "./proxiedSocket.js"
+import { type Peer, peerText, proxyHeaderTimeoutSeconds } from "./proxyProtocol.js"
 import { StartupLimits } from "./startupLimits.js"
 
 export interface SshServerShape {
@@ -259,11 +262,11 @@ export const SshServerLive = Layer.scoped(
         yield* Effect.logInfo(`closed: ${ended}`).pipe(Effect.annotateLogs({ client: identity.fingerprint }))
       })
 
-    const handleConnection = (socket: Socket) =>
+    /** `peer`: the client, as the socket or a trusted proxy's header says (see proxiedSocket.ts). */
+    const handleConnection = (socket: Socket, peer: Peer) =>
       Effect.gen(function* () {
-        const source = socket.remoteAddress ?? "unknown"
-        const remote = `${source}:${socket.remotePort ?? 0}`
-        socket.on("error", () => {})
+        const source = peer.address
+        const remote = peerText(peer)
         yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
         yield* Effect.acquireRelease(
           Effect.sync(() => metrics.connectionOpened(socket)),
@@ -335,6 +338,9 @@ export const SshServerLive = Layer.scoped(
         )
         ssh2.injectSocket(socket)
         // Added after ssh2's pause (so the socket does not flow early) and before its own listener.
+        refuseUntrustedProxyHeader(socket, peer, (reason) =>
+          drop(Effect.logWarning(`refused connection: ${reason}`)),
+        )
         socket.on("data", watch.listener)
 
         const grace = Duration.seconds(settings.loginGraceTime)
@@ -351,10 +357,31 @@ export const SshServerLive = Layer.scoped(
         uncount()
         const { identity, grant } = login.value.value
         yield* whileAuthenticated(identity, grant, closed, sessions, () => connection)
-      }).pipe(Effect.scoped, Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }))
+      }).pipe(
+        Effect.scoped,
+        Effect.annotateLogs({
+          remote: peerText(peer),
+          ...(peer.proxy === undefined ? {} : { proxy: peer.proxy }),
+        }),
+      )
+
+    const trustedProxies = trustedProxiesOf(settings.trustedProxies)
+    const headerTimeout = Duration.seconds(proxyHeaderTimeoutSeconds(settings.loginGraceTime))
+    /** Learn who the client is (a trusted proxy's PROXY header first), then serve it. */
+    const acceptConnection = (socket: Socket) =>
+      resolvePeer(socket, trustedProxies, headerTimeout).pipe(
+        Effect.flatMap((peer) => handleConnection(socket, peer)),
+        Effect.catchTag("ProxyHeaderRefused", (refused: ProxyHeaderRefused) => {
+          metrics.connectionOutcome("refused")
+          return Effect.logWarning(`refused connection: ${refused.reason}`)
+        }),
+        Effect.ensuring(Effect.sync(() => socket.destroy())),
+        Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }),
+      )
 
     const netServer = createServer({ noDelay: true }, (socket) => {
-      runConnection(handleConnection(socket))
+      socket.on("error", () => {})
+      runConnection(acceptConnection(socket))
     })
     const address = yield* Effect.acquireRelease(listen(netServer, settings.host, settings.port), () =>
       // Stop accepting now; open connections end when the FiberSet above is interrupted.

@@ -8,6 +8,7 @@
  * `LOCAL` header (v2) or `UNKNOWN` (v1) is the proxy's own connection, a health check: the socket's
  * address stands.
  */
+import { formatIpAddress, parseClientAddress } from "../identity/addressPatterns.js"
 
 /** The 12 bytes every v2 header starts with. */
 export const proxyV2Signature = Buffer.from([
@@ -126,3 +127,58 @@ export const looksLikeProxyHeader = (bytes: Buffer): boolean =>
   bytes.length > 0 &&
   ((bytes.length >= 6 && mayStartWith(bytes, v1Prefix)) ||
     (bytes.length >= 4 && mayStartWith(bytes, proxyV2Signature)))
+
+/** Who a connection on the SSH listener comes from, once any PROXY header is read. */
+export interface Peer {
+  /** The client's address, canonical text: per-source limits, `from=` and `source-address` use it. */
+  readonly address: string
+  readonly port: number
+  /**
+   * `direct`: the socket's own peer, not a trusted proxy. `proxied`: a trusted proxy named the
+   * client. `local`: a trusted proxy's own connection (LOCAL, UNKNOWN), its address stands.
+   */
+  readonly kind: "direct" | "proxied" | "local"
+  /** The trusted proxy's `address:port`, when one carried the connection. */
+  readonly proxy: string | undefined
+}
+
+/** `address:port`, as the log's `remote=` and the audit show a peer. */
+export const peerText = (peer: Pick<Peer, "address" | "port">): string => `${peer.address}:${peer.port}`
+
+/** The same address always counts as the same source: IPv4-mapped IPv6 as IPv4, IPv6 as RFC 5952. */
+const canonical = (address: string): string => {
+  const parsed = parseClientAddress(address)
+  return parsed === undefined ? address : formatIpAddress(parsed)
+}
+
+/** The peer of a socket from `socketAddress`, given what its trusted proxy's header said (if any). */
+export const peerOf = (
+  socketAddress: string,
+  socketPort: number,
+  header: Extract<ProxyHeader, { _tag: "Parsed" }> | undefined,
+): Peer => {
+  if (header === undefined)
+    return { address: socketAddress, port: socketPort, kind: "direct", proxy: undefined }
+  const proxy = peerText({ address: canonical(socketAddress), port: socketPort })
+  // A health check of the proxy (LOCAL, or v1 UNKNOWN): the spec says to use the real endpoints.
+  if (header.source === undefined) return { address: socketAddress, port: socketPort, kind: "local", proxy }
+  return { address: canonical(header.source.address), port: header.source.port, kind: "proxied", proxy }
+}
+
+/**
+ * How the first bytes from a peer that is not a trusted proxy open: a PROXY header is refused (it
+ * would be a claim to be someone else), `undecided` while too few bytes have come to tell.
+ */
+export const untrustedOpening = (bytes: Buffer): "proxy-header" | "other" | "undecided" => {
+  if (looksLikeProxyHeader(bytes)) return "proxy-header"
+  const couldBe =
+    (bytes.length < 6 && mayStartWith(bytes, v1Prefix)) ||
+    (bytes.length < 4 && mayStartWith(bytes, proxyV2Signature))
+  return bytes.length === 0 || couldBe ? "undecided" : "other"
+}
+
+/**
+ * How long a trusted proxy has to send its header: a proxy sends it as it connects, so a few seconds
+ * is plenty, and never more than the login grace time.
+ */
+export const proxyHeaderTimeoutSeconds = (loginGraceTime: number): number => Math.min(5, loginGraceTime)
