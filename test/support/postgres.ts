@@ -30,7 +30,8 @@ export const postgresBinDir = (): string => {
         .sort((a, b) => Number(b) - Number(a))
     : []
   const newest = versions[0]
-  if (newest === undefined) throw new Error(`no PostgreSQL server under ${root}/*/bin (apt install postgresql)`)
+  if (newest === undefined)
+    throw new Error(`no PostgreSQL server under ${root}/*/bin (apt install postgresql)`)
   return join(root, newest, "bin")
 }
 
@@ -68,7 +69,9 @@ const freePort = (): Promise<number> =>
     server.listen({ host: "127.0.0.1", port: 0 }, () => {
       const address = server.address()
       server.close(() =>
-        typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port")),
+        typeof address === "object" && address !== null
+          ? resolve(address.port)
+          : reject(new Error("no port")),
       )
     })
   })
@@ -187,6 +190,8 @@ const postgresUser = (): { readonly uid: number; readonly gid: number } => {
     .find((entry) => entry.startsWith("postgres:"))
   const [, , uid, gid] = line?.split(":") ?? []
   if (uid === undefined || gid === undefined)
-    throw new Error("running as root, but there is no postgres user to run initdb as (apt install postgresql)")
+    throw new Error(
+      "running as root, but there is no postgres user to run initdb as (apt install postgresql)",
+    )
   return { uid: Number(uid), gid: Number(gid) }
 }
