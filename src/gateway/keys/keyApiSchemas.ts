@@ -277,6 +277,7 @@ const refusals = [
   UnsupportedMediaType,
   TooManyRequests,
   InternalError,
+  StoreDown,
   ConfigRejected,
   NotReady,
 ] as const
