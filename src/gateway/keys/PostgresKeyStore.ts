@@ -112,9 +112,16 @@ export const makePostgresKeyStore = Effect.gen(function* () {
   // --- write side: one writer at a time across every replica and the CLI (an advisory lock), and
   // nested calls in one fiber do not wait for themselves, as the file store's lock file.
   const holdsLock = FiberRef.unsafeMake(false)
+  // One writer of this process waits for the advisory lock at a time: each waiter holds a pooled
+  // connection, and waiters filling the pool would starve the holder of the one it writes with.
+  const semaphore = yield* Effect.makeSemaphore(1)
   const withWriteLock = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DatabaseError, R> =>
     Effect.flatMap(FiberRef.get(holdsLock), (held) =>
-      held ? effect : database.withAdvisoryLock(writeLockKey, Effect.locally(effect, holdsLock, true)),
+      held
+        ? effect
+        : semaphore.withPermits(1)(
+            database.withAdvisoryLock(writeLockKey, Effect.locally(effect, holdsLock, true)),
+          ),
     )
 
   const contains = (blob: Buffer) =>
