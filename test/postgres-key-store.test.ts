@@ -239,7 +239,7 @@ describe("the PostgreSQL key store", () => {
     await expect(login(a, roaming)).rejects.toThrow(/authentication methods failed/)
   })
 
-  it("a key added with the CLI logs in through every replica", async () => {
+  it("a key added with the CLI logs in through every replica; revoked in the database, it is out", async () => {
     const key = makeKey(dir, "from-cli")
     const added = await run(["keys", "add", key.publicLine, "--key-store", url])
     expect(added).toMatchObject({ code: 0, stdout: expect.stringMatching(/^added SHA256:/) })
@@ -248,6 +248,23 @@ describe("the PostgreSQL key store", () => {
     expect(JSON.parse(listed.stdout).keys).toEqual(
       expect.arrayContaining([expect.objectContaining({ comment: "from-cli@test", source: "cli" })]),
     )
+
+    // Revoked in the database (a revoked key list imported): its live session ends, logins are refused.
+    const live = await login(b, key)
+    const closed = new Promise<void>((resolve) => live.once("close", () => resolve()))
+    const empty = join(dir, "no_keys")
+    const list = join(dir, "revoked_list")
+    writeFileSync(empty, "")
+    writeFileSync(list, `${key.publicLine}\n`)
+    const imported = await run(["keys", "import", empty, "--revoked-keys", list, "--key-store", url])
+    expect(imported.stdout).toMatch(/revoked entries: 1 imported, 0 already there/)
+    // Live connections are judged again once a second, after the change settles.
+    const ended = await Promise.race([
+      closed.then(() => true),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2_000 + slack)),
+    ])
+    expect(ended, "the session of the revoked key did not end").toBe(true)
+    await expect(login(a, key)).rejects.toThrow(/authentication methods failed/)
   })
 
   it("while the database is down known keys log in, revoked ones stay out and writes answer 503; then it recovers", async () => {
