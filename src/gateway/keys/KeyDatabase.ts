@@ -255,7 +255,9 @@ export const makeKeyDatabase = (
           ),
         ),
       )
-      yield* Effect.forkScoped(Effect.forever(Effect.retry(listenOnce, backoff)))
+      // A connection that is lost as soon as it is made (a flapping server) is not retried in a tight loop.
+      const pause = Effect.sleep(Duration.millis(250))
+      yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.retry(listenOnce, backoff), pause)))
     }
 
     return {

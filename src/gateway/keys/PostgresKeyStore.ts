@@ -9,8 +9,19 @@
  * - While the database cannot be reached the last snapshot stays: known keys log in, keys removed
  *   before the outage stay out; a failed read never empties it. Writes fail with StoreUnavailable.
  */
-import { Clock, Duration, Effect, FiberRef, Layer, PubSub, Queue, Schedule, SynchronizedRef } from "effect"
-import type { PublicKey } from "../../shared/publicKey.js"
+import {
+  Clock,
+  Duration,
+  Effect,
+  FiberRef,
+  Layer,
+  PubSub,
+  Queue,
+  Ref,
+  Schedule,
+  SynchronizedRef,
+} from "effect"
+import { formatPublicKey, type PublicKey } from "../../shared/publicKey.js"
 import { parseAuthorizedKeyLine } from "../identity/authorizedKeyOptions.js"
 import type { StoredKey } from "./authorizedKeysFile.js"
 import { type DatabaseError, KeyDatabase, type KeyDatabaseShape, type Querier } from "./KeyDatabase.js"
@@ -57,7 +68,7 @@ export const makePostgresKeyStore = Effect.gen(function* () {
   const state = yield* SynchronizedRef.make<LoadState>(unread)
   const revokedKeys = yield* PubSub.unbounded<string>()
   /** Whether the last read failed, so an outage is logged once, and its end too. */
-  let failing = false
+  const failing = yield* Ref.make(false)
 
   const readRows = database.query<KeyRow>(`SELECT ${keyColumns} FROM mcp_ssh_authorized_keys ORDER BY id`)
 
@@ -81,24 +92,19 @@ export const makePostgresKeyStore = Effect.gen(function* () {
         return [[...next.removed], { ...next, removed: new Set<string>() }] as const
       }),
     )
-    if (failing) {
-      failing = false
+    if (yield* Ref.getAndSet(failing, false))
       yield* Effect.logInfo(`key database ${shown} is reachable again; keys re-read`)
-    }
     for (const fingerprint of gone) {
       yield* Effect.logInfo(`key ${fingerprint} is no longer in ${shown}: treated as revoked`)
       yield* PubSub.publish(revokedKeys, fingerprint)
     }
   }).pipe(
     Effect.tapError((error) =>
-      failing
-        ? Effect.void
-        : Effect.zipRight(
-            Effect.sync(() => {
-              failing = true
-            }),
-            Effect.logError(`${error.message}; serving the last snapshot of the keys until it returns`),
-          ),
+      Effect.flatMap(Ref.getAndSet(failing, true), (already) =>
+        already
+          ? Effect.void
+          : Effect.logError(`${error.message}; serving the last snapshot of the keys until it returns`),
+      ),
     ),
   )
 
@@ -138,7 +144,7 @@ export const makePostgresKeyStore = Effect.gen(function* () {
         if (yield* contains(key.blob)) return false
         // The gateway's own options only (an enrollment token's identity); read back as a line would be.
         const line = parseAuthorizedKeyLine(
-          `${options === undefined ? "" : `${options} `}${key.type} ${key.blob.toString("base64")}${key.comment === "" ? "" : ` ${key.comment}`}`,
+          `${options === undefined ? "" : `${options} `}${formatPublicKey(key)}`,
           0,
         )
         if (line === undefined || line.kind === "skipped")
