@@ -129,7 +129,7 @@ describe("the PostgreSQL key store", () => {
     await Promise.all(replicas.map((gateway) => disposeGateway(gateway)))
     await pg?.dispose()
     if (dir !== undefined) await rm(dir, { recursive: true, force: true })
-  })
+  }, 60_000)
 
   let a: RunningGateway
   let b: RunningGateway
@@ -265,7 +265,23 @@ describe("the PostgreSQL key store", () => {
     ])
     expect(ended, "the session of the revoked key did not end").toBe(true)
     await expect(login(a, key)).rejects.toThrow(/authentication methods failed/)
-  })
+
+    // The other admin commands work on the database too.
+    const fingerprint = JSON.parse(listed.stdout).keys.find(
+      (entry: { comment: string }) => entry.comment === "from-cli@test",
+    ).fingerprint
+    const revoked = await run(["keys", "revoke", fingerprint, "--key-store", url])
+    expect(revoked).toMatchObject({ code: 0, stdout: expect.stringMatching(/^revoked SHA256:/) })
+    const token = await run(["tokens", "create", "--identity", "cli-made", "--key-store", url])
+    expect(token.code).toBe(0)
+    const enrolled = await call(
+      b,
+      "/register",
+      { client_pub_key: makeKey(dir, "cli-token").publicLine },
+      token.stdout.trim(),
+    )
+    expect(enrolled.status).toBe(200)
+  }, 90_000)
 
   it("while the database is down known keys log in, revoked ones stay out and writes answer 503; then it recovers", async () => {
     await pg.stop()
@@ -331,5 +347,5 @@ describe("the PostgreSQL key store", () => {
       expect(text).not.toContain(pg.password)
       expect(text).not.toContain(secret)
     }
-  })
+  }, 60_000)
 })
