@@ -19,7 +19,7 @@ import {
   revocationsOfRows,
   unionRevocations,
 } from "./postgresRows.js"
-import { makeRevokedKeys, nothingRevoked, type RevocationState, RevokedKeys } from "./RevokedKeys.js"
+import { makeRevokedKeys, type RevocationState, RevokedKeys } from "./RevokedKeys.js"
 
 interface DatabaseRevocations {
   readonly version: string
@@ -73,8 +73,10 @@ export const PostgresRevokedKeysLive = Layer.scoped(
     yield* Effect.forkScoped(follow)
 
     const current: Effect.Effect<RevocationState> = Effect.gen(function* () {
-      const fromFile = file === undefined ? nothingRevoked : yield* file.current
       const fromDatabase = yield* SynchronizedRef.get(state)
+      // Logins ask at every step: without a file there is nothing to unite.
+      if (file === undefined) return { _tag: "Loaded", ...fromDatabase }
+      const fromFile = yield* file.current
       if (fromFile._tag === "Unusable") return fromFile
       return {
         _tag: "Loaded",
