@@ -106,6 +106,9 @@ const runGateway = (flags: FlagValues) =>
       ConfigError: (error) => fail(`configuration error: ${error.message}`),
       HostKeyError: (error) => fail(error.message),
       ListenError: (error) => fail(error.message),
+      // At start the key database must answer: an empty snapshot would say nothing about who may log in.
+      StoreUnavailable: (error) => fail(`${error.message}; not starting without the keys`),
+      StoreError: (error) => fail(`key store: ${error.message}`),
     }),
   )
 

@@ -46,3 +46,16 @@ export class StoreError extends Data.TaggedError("StoreError")<{
     return `${this.path}: ${this.reason}`
   }
 }
+
+/**
+ * The key database cannot be reached (down, refused, timed out): the gateway serves its last
+ * snapshot, and writes are refused with this (503 on the key API). `store` is the URL without secrets.
+ */
+export class StoreUnavailable extends Data.TaggedError("StoreUnavailable")<{
+  readonly store: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `the key database ${this.store} is unavailable: ${this.reason}`
+  }
+}

@@ -15,10 +15,8 @@ import { ReloaderLive, ReloadTargetLive } from "./config/Reloader.js"
 import { ReloadTriggersLive } from "./config/reloadTriggers.js"
 import type { GatewaySettings } from "./config/settings.js"
 import { HubLive } from "./hub/Hub.js"
-import { EnrollmentTokensLive } from "./keys/EnrollmentTokens.js"
 import { KeyApiLive } from "./keys/KeyApi.js"
-import { KeyStoreLive } from "./keys/KeyStore.js"
-import { RevokedKeysLive } from "./keys/RevokedKeys.js"
+import { KeyServicesLive } from "./keys/layers.js"
 import { DrainLive } from "./ops/Drain.js"
 import { GatewayServingLive, GatewayStatusLive } from "./ops/GatewayStatus.js"
 import { MetricsLive } from "./ops/Metrics.js"
@@ -45,7 +43,8 @@ export const SessionLayer = McpSessionLive.pipe(
   Layer.provideMerge(ServersLayer),
 )
 
-const KeysLayer = Layer.mergeAll(HostKeyLive, KeyStoreLive, RevokedKeysLive)
+/** The key store chosen by --key-store (file or database), its revoked keys and enrollment tokens. */
+const KeysLayer = Layer.merge(HostKeyLive, KeyServicesLive)
 
 /** The SSH server and what it serves; once it listens, the gateway's status says it serves. */
 const ServingLayer = GatewayServingLive.pipe(
@@ -69,10 +68,9 @@ export const loggerLayer = (level: GatewaySettings["logLevel"], format: GatewayS
  * The gateway plus the HTTP key API beside it (--run-key-server), built side by side: the API
  * listens while the servers are probed, so /ready can say "starting".
  */
-export const GatewayWithKeyApiLayer = Layer.merge(
-  KeyApiLive.pipe(Layer.provide(EnrollmentTokensLive)),
-  ServingLayer,
-).pipe(Layer.provideMerge(KeysLayer))
+export const GatewayWithKeyApiLayer = Layer.merge(KeyApiLive, ServingLayer).pipe(
+  Layer.provideMerge(KeysLayer),
+)
 
 /**
  * The drain, the status that /ready reports and the Reloader: one of each, built first (the key API

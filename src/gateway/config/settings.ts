@@ -5,6 +5,7 @@
 import { Either, ParseResult, Schema } from "effect"
 import { type FlagType, flagTypes } from "../../shared/cliFlags.js"
 import { parseCidrList } from "../identity/addressPatterns.js"
+import { parseKeyStoreLocation } from "../keys/keyStoreLocation.js"
 
 // ---------------------------------------------------------------------------------------------
 // Gateway settings
@@ -30,6 +31,13 @@ const CidrListText = NonEmpty.pipe(
   Schema.filter((text) => {
     const parsed = parseCidrList(text.replace(/\s+/g, ""))
     return Either.isRight(parsed) || `'${parsed.left.entry}': ${parsed.left.detail}`
+  }),
+)
+/** `file` or a PostgreSQL URL; the complaint shows the URL without its password. */
+const KeyStoreText = NonEmpty.pipe(
+  Schema.filter((text) => {
+    const parsed = parseKeyStoreLocation(text)
+    return Either.isRight(parsed) || parsed.left
   }),
 )
 /** Tokens others could guess are no tokens; the value never appears in an error message. */
@@ -66,6 +74,18 @@ export const gatewaySettings = {
     schema: NonEmpty,
     default: "~/.config/mcp-ssh/authorized_keys",
     doc: "authorized_keys file of the clients allowed in (a dedicated file, not ~/.ssh/authorized_keys)",
+  },
+  keyStore: {
+    schema: KeyStoreText,
+    default: "file",
+    // A URL may carry a password: never echoed back.
+    secret: true,
+    doc: "where keys, CA lines and enrollment tokens live: file (--authorized-clients and --token-store) or a postgres:// URL shared by several gateways",
+  },
+  keyStorePasswordFile: {
+    schema: NonEmpty,
+    default: undefined,
+    doc: "file holding the key database's password (else PGPASSWORD)",
   },
   revokedKeys: {
     schema: NonEmpty,

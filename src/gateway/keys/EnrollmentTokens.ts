@@ -9,7 +9,7 @@ import { expandHome } from "../../shared/paths.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { StoreError } from "../errors.js"
 import { readTextIfExists, writeFileAtomic } from "./files.js"
-import { KeyStore } from "./KeyStore.js"
+import { KeyStore, type StoreWriteError } from "./KeyStore.js"
 import {
   checkToken,
   formatToken,
@@ -33,15 +33,16 @@ export interface IssuedToken {
 }
 
 export interface EnrollmentTokensShape {
+  /** The token file, or the database URL without password. */
   readonly path: string
   readonly create: (options: {
     readonly uses: number
     readonly ttlSeconds: number
     /** Checked already (checkTokenIdentity). */
     readonly identity?: TokenIdentity | undefined
-  }) => Effect.Effect<IssuedToken, StoreError>
+  }) => Effect.Effect<IssuedToken, StoreWriteError>
   /** May this token register this key? Counts nothing. */
-  readonly check: (token: string, fingerprint: string) => Effect.Effect<TokenCheck, StoreError>
+  readonly check: (token: string, fingerprint: string) => Effect.Effect<TokenCheck, StoreWriteError>
   /**
    * Check the token and, if `consume`, count one use for this key. Run it inside the key store's
    * write lock together with adding the key, so both happen or neither.
@@ -50,7 +51,7 @@ export interface EnrollmentTokensShape {
     token: string,
     fingerprint: string,
     consume: boolean,
-  ) => Effect.Effect<TokenCheck, StoreError>
+  ) => Effect.Effect<TokenCheck, StoreWriteError>
 }
 
 export class EnrollmentTokens extends Context.Tag("mcp-ssh/EnrollmentTokens")<

@@ -25,13 +25,19 @@ import { readText, statIfExists } from "../../shared/fileSystem.js"
 import { expandHome } from "../../shared/paths.js"
 import { type AuthorizedKey, type PublicKey, parseAuthorizedKeys } from "../../shared/publicKey.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
-import { StoreError } from "../errors.js"
+import { StoreError, type StoreUnavailable } from "../errors.js"
 import { appendKey, readStoredKeys, removeKey, type StoredKey } from "./authorizedKeysFile.js"
 import { lockFile, readTextIfExists, writeFileAtomic } from "./files.js"
 import { forget, type LoadState, type Snapshot, settle, unread } from "./keyLoads.js"
 
+/** A write that failed: the store refused it, or (a database) cannot be reached now. */
+export type StoreWriteError = StoreError | StoreUnavailable
+
 export interface KeyStoreShape {
+  /** Where the keys are, as logs may show it: the file's path, or the database URL without password. */
   readonly path: string
+  /** Files whose changes the server watches to re-read the keys at once (none for a database). */
+  readonly watchedFiles: ReadonlyArray<string>
   /** The keys, with when and how each was added when the gateway added it. */
   readonly list: Effect.Effect<ReadonlyArray<StoredKey>>
   /** The authorized key with exactly this blob, if any (key lines only: a CA line is no key). */
@@ -41,19 +47,21 @@ export interface KeyStoreShape {
   /** The file as last loaded (re-read when it changed): every line in effect, and whether it was usable. */
   readonly snapshot: Effect.Effect<Snapshot>
   /** Whether the file holds this key now, read afresh (for decisions taken under the write lock). */
-  readonly contains: (blob: Buffer) => Effect.Effect<boolean, StoreError>
+  readonly contains: (blob: Buffer) => Effect.Effect<boolean, StoreWriteError>
   /**
    * Add the key unless it is there already; true when it was added. `options` (the gateway's own,
    * e.g. an enrollment token's `mcp-identity`) are written before it.
    */
-  readonly add: (key: PublicKey, source: string, options?: string) => Effect.Effect<boolean, StoreError>
-  /** Remove every line of the key with this fingerprint; the number of lines removed. */
-  readonly revoke: (fingerprint: string) => Effect.Effect<number, StoreError>
+  readonly add: (key: PublicKey, source: string, options?: string) => Effect.Effect<boolean, StoreWriteError>
+  /** Remove every line of the key with this fingerprint; the number of lines removed. `source` says who. */
+  readonly revoke: (fingerprint: string, source?: string) => Effect.Effect<number, StoreWriteError>
   /**
    * Run `effect` as the only writer of the store: one fiber of this process at a time (a
    * semaphore), one process at a time (a lock file beside the keys). Nested calls do not wait.
    */
-  readonly withWriteLock: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StoreError, R>
+  readonly withWriteLock: <A, E, R>(
+    effect: Effect.Effect<A, E, R>,
+  ) => Effect.Effect<A, E | StoreWriteError, R>
   /** Fingerprints of keys revoked from now on: by `revoke`, or removed from the file by hand. */
   readonly revocations: Effect.Effect<Queue.Dequeue<string>, never, Scope.Scope>
 }
@@ -245,6 +253,7 @@ export const makeFileKeyStore = (configuredPath: string) =>
 
     return {
       path,
+      watchedFiles: [path],
       list: current,
       find: (blob) => Effect.map(current, (keys) => findByBlob(keyLines(keys), blob)),
       findAuthority: (blob) => Effect.map(current, (keys) => allByBlob(authorityLines(keys), blob)),

@@ -1,21 +1,26 @@
 /**
- * `mcp-ssh-server keys list|add|revoke` and `mcp-ssh-server tokens create`: key administration
- * over the admin's own shell, on the same files the running server uses (and under the same lock),
- * with no server needed. A running gateway sees the changes: added keys at the next login, removed
- * keys end their live sessions.
+ * `mcp-ssh-server keys list|add|revoke|import` and `mcp-ssh-server tokens create`: key administration
+ * over the admin's own shell, on the same store the running server uses (the files under the same
+ * lock, or the key database), with no server needed. A running gateway sees the changes: added keys
+ * at the next login, removed keys end their live sessions (every replica, with a database).
  */
 import { text as readAll } from "node:stream/consumers"
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option } from "effect"
-import { readText } from "../../shared/fileSystem.js"
+import { readBytesWithMode, readText } from "../../shared/fileSystem.js"
 import { isAllowedKeyType, isKeyProblem } from "../../shared/publicKey.js"
 import { validateSubmittedKey } from "../../shared/submittedKey.js"
-import { type FlagValues, loadStoreConfig } from "../config/GatewayConfig.js"
+import { type FlagValues, type GatewayConfigShape, loadStoreConfig } from "../config/GatewayConfig.js"
 import { ConfigError } from "../errors.js"
-import { keyListing } from "./authorizedKeysFile.js"
+import { parseRevokedKeysFile } from "../identity/krl.js"
+import { keyListing, readStoredKeys } from "./authorizedKeysFile.js"
 import { EnrollmentTokens } from "./EnrollmentTokens.js"
+import { KeyDatabase } from "./KeyDatabase.js"
 import { KeyStore } from "./KeyStore.js"
-import { keyAdminFromConfig, keyAdminLogger } from "./layers.js"
+import { parseKeyStoreLocation } from "./keyStoreLocation.js"
+import { keyAdminDatabaseFromConfig, keyAdminFromConfig, keyAdminLogger } from "./layers.js"
+import { importIntoDatabase } from "./PostgresKeyStore.js"
+import { rowsOfRevocations } from "./postgresRows.js"
 import { checkTokenIdentity, checkUses, defaultTtl, parseTtl } from "./tokens.js"
 
 const storeOptions = {
@@ -31,6 +36,16 @@ const storeOptions = {
     ),
     Options.optional,
   ),
+  keyStore: Options.text("key-store").pipe(
+    Options.withDescription("file (default) or a postgres:// URL; env MCP_SSH_KEY_STORE"),
+    Options.optional,
+  ),
+  keyStorePasswordFile: Options.text("key-store-password-file").pipe(
+    Options.withDescription(
+      "file holding the key database's password (else PGPASSWORD); env MCP_SSH_KEY_STORE_PASSWORD_FILE",
+    ),
+    Options.optional,
+  ),
   serversConfig: Options.text("servers-config").pipe(
     Options.withDescription(
       "read settings from this config's `gateway` object (default: servers_config.json, if present)",
@@ -42,6 +57,8 @@ const storeOptions = {
 interface StoreOptionValues {
   readonly authorizedClients: Option.Option<string>
   readonly tokenStore: Option.Option<string>
+  readonly keyStore: Option.Option<string>
+  readonly keyStorePasswordFile: Option.Option<string>
   readonly serversConfig: Option.Option<string>
 }
 
@@ -59,14 +76,37 @@ const fail = (message: string) =>
 const withStore = <E>(
   options: StoreOptionValues,
   body: Effect.Effect<void, E | ConfigError, KeyStore | EnrollmentTokens>,
+) => withStoreConfig(options, (config) => Effect.provide(body, keyAdminFromConfig(config)))
+
+/** The same, for a command that needs the key database itself (it refuses the file store). */
+const withDatabase = <E>(
+  options: StoreOptionValues,
+  body: Effect.Effect<void, E | ConfigError, KeyStore | EnrollmentTokens | KeyDatabase>,
+) =>
+  withStoreConfig(options, (config) => {
+    const location = parseKeyStoreLocation(config.settings.keyStore)
+    return location._tag === "Right" && location.right._tag === "Postgres"
+      ? Effect.provide(body, keyAdminDatabaseFromConfig(config))
+      : new ConfigError({
+          message:
+            "this command works on the key database: give --key-store postgres://... (or MCP_SSH_KEY_STORE)",
+        })
+  })
+
+const withStoreConfig = <E>(
+  options: StoreOptionValues,
+  body: (config: GatewayConfigShape) => Effect.Effect<void, E | ConfigError>,
 ) =>
   Effect.gen(function* () {
     const flags: FlagValues = {}
     if (Option.isSome(options.authorizedClients)) flags.authorizedClients = options.authorizedClients.value
     if (Option.isSome(options.tokenStore)) flags.tokenStore = options.tokenStore.value
+    if (Option.isSome(options.keyStore)) flags.keyStore = options.keyStore.value
+    if (Option.isSome(options.keyStorePasswordFile))
+      flags.keyStorePasswordFile = options.keyStorePasswordFile.value
     if (Option.isSome(options.serversConfig)) flags.serversConfig = options.serversConfig.value
     const config = yield* loadStoreConfig(flags)
-    yield* body.pipe(Effect.provide(keyAdminFromConfig(config)))
+    yield* body(config)
   }).pipe(
     Effect.catchAll((error) =>
       fail(
@@ -155,7 +195,7 @@ const revokeCommand = Command.make(
     withStore(
       options,
       Effect.gen(function* () {
-        const removed = yield* (yield* KeyStore).revoke(options.fingerprint)
+        const removed = yield* (yield* KeyStore).revoke(options.fingerprint, "cli")
         if (removed === 0)
           return yield* new ConfigError({ message: `no key has the fingerprint ${options.fingerprint}` })
         yield* Console.log(`revoked ${options.fingerprint}; a running gateway closes its sessions`)
@@ -163,11 +203,72 @@ const revokeCommand = Command.make(
     ),
 ).pipe(Command.withDescription("remove a key by fingerprint (ssh-keygen -lf KEY prints it)"))
 
+const importCommand = Command.make(
+  "import",
+  {
+    ...storeOptions,
+    file: Args.text({ name: "file" }).pipe(Args.withDescription("an authorized_keys file")),
+    revokedKeys: Options.text("revoked-keys").pipe(
+      Options.withDescription("also import this revoked keys file (an OpenSSH KRL or a list of public keys)"),
+      Options.optional,
+    ),
+  },
+  (options) =>
+    withDatabase(
+      options,
+      Effect.gen(function* () {
+        const text = yield* readText(options.file).pipe(
+          Effect.mapError((error) => new ConfigError({ message: `${options.file}: ${error.message}` })),
+        )
+        // All or nothing: a line the gateway would ignore is not silently left behind.
+        const parsed = readStoredKeys(text)
+        if (parsed.problems.length > 0)
+          return yield* new ConfigError({
+            message: `nothing imported; fix or remove these lines first:\n${parsed.problems
+              .map((problem) => `  ${options.file}:${problem.line}: ${problem.reason}`)
+              .join("\n")}`,
+          })
+        const revoked = yield* Option.match(options.revokedKeys, {
+          onNone: () => Effect.succeed({ keys: [], certificates: [] }),
+          onSome: (path) =>
+            readBytesWithMode(path).pipe(
+              Effect.mapError(
+                (error) => new ConfigError({ message: `--revoked-keys ${path}: ${error.message}` }),
+              ),
+              Effect.flatMap(({ content }) =>
+                Either.match(parseRevokedKeysFile(content), {
+                  onLeft: (problem) =>
+                    Effect.fail(
+                      new ConfigError({
+                        message: `nothing imported; --revoked-keys ${path}: ${problem.message}`,
+                      }),
+                    ),
+                  onRight: (revocations) => Effect.succeed(rowsOfRevocations(revocations)),
+                }),
+              ),
+            ),
+        })
+        const counts = yield* importIntoDatabase(parsed.keys, revoked, `import ${options.file}`)
+        const database = yield* KeyDatabase
+        yield* Console.log(
+          `imported ${counts.added} line(s) into ${database.shown} (${counts.authorities} cert-authority), ${counts.present} already there` +
+            (Option.isSome(options.revokedKeys)
+              ? `; revoked entries: ${counts.revokedAdded} imported, ${counts.revokedPresent} already there`
+              : ""),
+        )
+      }),
+    ),
+).pipe(
+  Command.withDescription(
+    "copy an authorized_keys file (and --revoked-keys) into the key database; safe to repeat",
+  ),
+)
+
 export const keysCommand = Command.make("keys", {}, () =>
-  fail("name a subcommand: keys list, keys add or keys revoke (see --help)"),
+  fail("name a subcommand: keys list, keys add, keys revoke or keys import (see --help)"),
 ).pipe(
   Command.withDescription("manage the authorized keys, offline"),
-  Command.withSubcommands([listCommand, addCommand, revokeCommand]),
+  Command.withSubcommands([listCommand, addCommand, revokeCommand, importCommand]),
 )
 
 const createTokenCommand = Command.make(

@@ -24,6 +24,7 @@ import {
   RegisterRequest,
   RequestBody,
   RevokeRequest,
+  StoreDownResponse,
   TokenRequest,
   TooManyRequestsResponse,
   UnauthorizedResponse,
@@ -307,6 +308,7 @@ export class KeyApiDefinition extends HttpApi.make("keyApi")
   .add(adminGroup)
   .addError(TooManyRequestsResponse)
   .addError(InternalErrorResponse)
+  .addError(StoreDownResponse)
   .annotateContext(
     OpenApi.annotations({
       title: "mcp-ssh key API",

@@ -10,7 +10,7 @@ import { version } from "../../shared/version.js"
 import { ChildRegistry } from "../children/ChildRegistry.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { Reloader } from "../config/Reloader.js"
-import type { StoreError } from "../errors.js"
+import type { StoreError, StoreUnavailable } from "../errors.js"
 import { formatIdentityOptions } from "../identity/authorizedKeyOptions.js"
 import { GatewayStatus } from "../ops/GatewayStatus.js"
 import { HostKey } from "../ssh/HostKey.js"
@@ -30,6 +30,7 @@ import {
   NotFound,
   NotReady,
   RequestBody,
+  StoreDown,
   TokenRequest,
 } from "./keyApiSchemas.js"
 import { checkTokenIdentity, secretsEqual } from "./tokens.js"
@@ -42,6 +43,16 @@ const storeFailure = (error: StoreError) =>
       new InternalError({ error: "the key store could not be read or updated; see the server log" }),
     ),
   )
+
+/** A key database that cannot be reached now: 503 with the reason (the URL shown has no password). */
+const storeDown = (error: StoreUnavailable) =>
+  Effect.zipRight(
+    Effect.logWarning(`key store: ${error.message}; write refused`),
+    Effect.fail(new StoreDown({ error: error.message })),
+  )
+
+/** Both ways a store write can fail, as the API answers them. */
+const storeFailures = { StoreError: storeFailure, StoreUnavailable: storeDown }
 
 const PublicLive = HttpApiBuilder.group(KeyApiDefinition, "public", (handlers) =>
   Effect.gen(function* () {
@@ -116,7 +127,7 @@ const EnrollmentLive = (policy: KeyApiPolicy, fixedEnrollmentToken: string | und
             added ? `registered key ${key.fingerprint}` : `key ${key.fingerprint} was registered already`,
           ).pipe(Effect.annotateLogs({ remote }))
           return { status: "success" as const, fingerprint: key.fingerprint, added }
-        }).pipe(Effect.catchTag("StoreError", storeFailure)),
+        }).pipe(Effect.catchTags(storeFailures)),
       )
     }),
   )
@@ -148,15 +159,15 @@ const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
             const key = payload.client_pub_key
             const added = yield* keyStore.add(key, `admin ${yield* AdminCaller}`)
             return { status: "success" as const, fingerprint: key.fingerprint, added }
-          }).pipe(Effect.catchTag("StoreError", storeFailure)),
+          }).pipe(Effect.catchTags(storeFailures)),
         )
         .handle("revokeKey", ({ payload: { fingerprint } }) =>
           Effect.gen(function* () {
-            const removed = yield* keyStore.revoke(fingerprint)
+            const removed = yield* keyStore.revoke(fingerprint, `admin ${yield* AdminCaller}`)
             if (removed === 0)
               return yield* Effect.fail(new NotFound({ error: "no key has this fingerprint" }))
             return { status: "revoked" as const, fingerprint, removed }
-          }).pipe(Effect.catchTag("StoreError", storeFailure)),
+          }).pipe(Effect.catchTags(storeFailures)),
         )
         .handle("servers", () =>
           Effect.sync(() => {
@@ -219,7 +230,7 @@ const AdminLive = HttpApiBuilder.group(KeyApiDefinition, "admin", (handlers) =>
               identity: issued.identity.identity ?? null,
               groups: issued.identity.groups,
             }
-          }).pipe(Effect.catchTag("StoreError", storeFailure)),
+          }).pipe(Effect.catchTags(storeFailures)),
         )
     )
   }),

@@ -24,6 +24,7 @@ export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaTyp
 ) {}
 export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", reason) {}
 export class InternalError extends Schema.TaggedError<InternalError>()("InternalError", reason) {}
+export class StoreDown extends Schema.TaggedError<StoreDown>()("StoreDown", reason) {}
 
 /**
  * A refusal as the API sends it: the status, and a body without the `_tag` (the original tool's
@@ -104,6 +105,13 @@ export const InternalErrorResponse = onTheWire(
   "InternalError",
   500,
   "the server could not answer; see its log",
+)
+
+export const StoreDownResponse = onTheWire(
+  StoreDown,
+  "StoreDown",
+  503,
+  "the key database cannot be reached now; the error says why (logins of known keys go on)",
 )
 
 /** GET /ready's refusal: 503 with the reason and the gateway's state (load balancers read the status). */
@@ -269,6 +277,7 @@ const refusals = [
   UnsupportedMediaType,
   TooManyRequests,
   InternalError,
+  StoreDown,
   ConfigRejected,
   NotReady,
 ] as const

@@ -128,7 +128,10 @@ export const SshServerLive = Layer.scoped(
     // 100 ms, and at once after a watch event on either. Revocations still end live sessions at once.
     const recentFiles = recentWithin(files, 100)
     yield* watchFiles(
-      [keyStore.path, ...(settings.revokedKeys === undefined ? [] : [expandHome(settings.revokedKeys)])],
+      [
+        ...keyStore.watchedFiles,
+        ...(settings.revokedKeys === undefined ? [] : [expandHome(settings.revokedKeys)]),
+      ],
       recentFiles.invalidate,
     )
     const revocations = yield* keyStore.revocations
