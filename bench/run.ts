@@ -22,6 +22,7 @@ import { fleet } from "./scenarios/fleet.js"
 import { latency } from "./scenarios/latency.js"
 import { memory } from "./scenarios/memory.js"
 import { payload } from "./scenarios/payload.js"
+import { revocation } from "./scenarios/revocation.js"
 import { sharing } from "./scenarios/sharing.js"
 import { throughput } from "./scenarios/throughput.js"
 
@@ -54,6 +55,7 @@ const scenarios: Record<ScenarioName, (ctx: Context) => Promise<void>> = {
   payload,
   sharing,
   fleet,
+  revocation,
 }
 
 class TimeLimit extends Error {}

@@ -12,6 +12,7 @@ export const scenarioNames = [
   "payload",
   "sharing",
   "fleet",
+  "revocation",
 ] as const
 export type ScenarioName = (typeof scenarioNames)[number]
 
@@ -154,6 +155,7 @@ export const sizesFor = (quick: boolean) =>
           throughputCalls: 1_000,
         },
         fleet: { loginConcurrency: 4, loginSeconds: 1, loginRounds: 1, warmup: 20, calls: 200, rounds: 4 },
+        revocation: { rounds: 5 },
       }
     : {
         latency: { warmup: 1_000, calls: 2_000, rounds: 4, everythingCalls: 1_000 },
@@ -189,6 +191,7 @@ export const sizesFor = (quick: boolean) =>
           calls: 2_000,
           rounds: 40,
         },
+        revocation: { rounds: 40 },
       }
 
 export type Sizes = ReturnType<typeof sizesFor>

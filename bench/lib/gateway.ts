@@ -7,7 +7,16 @@ import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "no
 import { chmod } from "node:fs/promises"
 import { connect } from "node:net"
 import { join } from "node:path"
-import { helpersOf, isAlive, sleep, spawnTracked, stopTracked, type Tracked, waitFor } from "./procs.js"
+import {
+  benchEnv,
+  helpersOf,
+  isAlive,
+  sleep,
+  spawnTracked,
+  stopTracked,
+  type Tracked,
+  waitFor,
+} from "./procs.js"
 import type { SshTarget } from "./ssh.js"
 import { freePort } from "./sshd.js"
 import { type ClientKey, mainScript, type ServerSpec, type Workspace } from "./workspace.js"
@@ -26,6 +35,10 @@ export interface GatewayOptions {
   readonly nodeArgs?: ReadonlyArray<string>
   /** A host key file shared with other gateways (replicas behind a load balancer); else its own. */
   readonly hostKeyPath?: string
+  /** Variables on top of the bench's environment (a database password, the admin token). */
+  readonly env?: Readonly<Record<string, string>>
+  /** Run the key API on a free port and wait until it listens (its URL: `keyApiUrl`). */
+  readonly keyApi?: boolean
 }
 
 export interface Gateway extends SshTarget {
@@ -33,6 +46,8 @@ export interface Gateway extends SshTarget {
   readonly dir: string
   readonly logPath: string
   readonly logTail: () => string
+  /** `http://HOST:PORT` of the key API, when it was asked for. */
+  readonly keyApiUrl: string | undefined
   readonly stop: () => Promise<void>
 }
 
@@ -98,6 +113,7 @@ export const startGateway = async (workspace: Workspace, options: GatewayOptions
     "--child-stop-timeout",
     "1",
     ...(options.logLevel === undefined ? [] : ["--log-level", options.logLevel]),
+    ...(options.keyApi === true ? ["--run-key-server", "--key-server-port", "0"] : []),
     ...(options.flags ?? []),
   ]
   const gatewayProcess = (() => {
@@ -105,6 +121,7 @@ export const startGateway = async (workspace: Workspace, options: GatewayOptions
       return spawnTracked(options.name ?? "gateway", process.execPath, args, {
         stdio: ["ignore", logFd, logFd],
         cwd: dir,
+        ...(options.env === undefined ? {} : { env: { ...benchEnv, ...options.env } }),
       })
     } finally {
       closeSync(logFd)
@@ -132,6 +149,23 @@ export const startGateway = async (workspace: Workspace, options: GatewayOptions
     await stopTracked(gatewayProcess, 1_000)
     throw new Error(`the gateway did not start listening${up ? " (it exited)" : ""}:\n${tail(logPath)}`)
   }
+  let keyApiUrl: string | undefined
+  if (options.keyApi === true) {
+    // Its port is in its log line, as the SSH port is.
+    const apiListening = /key API listening on (http:\/\/\S+)/
+    const listens = await waitFor(
+      () => {
+        keyApiUrl = apiListening.exec(tail(logPath, 1_000_000))?.[1]
+        return keyApiUrl !== undefined || !isAlive(gatewayProcess.pid)
+      },
+      20_000,
+      10,
+    )
+    if (!listens || keyApiUrl === undefined) {
+      await stopTracked(gatewayProcess, 1_000)
+      throw new Error(`the gateway's key API did not start listening:\n${tail(logPath)}`)
+    }
+  }
   if (!existsSync(`${hostKeyPath}.pub`)) throw new Error(`the gateway wrote no ${hostKeyPath}.pub`)
   const hostKeyLine = readFileSync(`${hostKeyPath}.pub`, "utf8").trim().split(" ").slice(0, 2).join(" ")
   return {
@@ -146,6 +180,7 @@ export const startGateway = async (workspace: Workspace, options: GatewayOptions
     helpers: await helpersOf(gatewayProcess.pid),
     logPath,
     logTail: () => tail(logPath),
+    keyApiUrl,
     // SIGTERM: the gateway stops its children itself; what is left after the grace is killed.
     stop: () => stopTracked(gatewayProcess, 10_000),
   }

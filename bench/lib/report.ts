@@ -184,6 +184,7 @@ export const scenarioTitles: Readonly<Record<string, string>> = {
   payload: "5. Large payloads: one tool result of 1 MiB and 10 MiB",
   sharing: "6. Sharing: session start, 1,000 sessions and throughput on one shared child",
   fleet: "7. Fleet: logins/s through HAProxy to 3 replicas, and the HAProxy hop on a call",
+  revocation: "8. Revocation propagation: a key revoked through one replica, its sessions on the others",
 }
 
 interface Columns {
