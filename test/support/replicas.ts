@@ -1,8 +1,9 @@
 /**
  * N gateway replicas (`node dist/main.js`) as a fleet runs them: one host key file made once with
  * ssh-keygen and given to every replica (so one known_hosts line holds for all), one shared key
- * store (for now the authorized keys file), each replica with its own config directory, SSH port and
- * metrics listener (whose `GET /ready` a load balancer checks).
+ * store (the authorized keys file, unless the flags name another with `--key-store`), each replica
+ * with its own config directory, SSH port and metrics listener (whose `GET /ready` a load balancer
+ * checks).
  */
 import { execFileSync } from "node:child_process"
 import { readFileSync, writeFileSync } from "node:fs"
