@@ -282,7 +282,7 @@ describe.skipIf(haproxyPath === undefined)("a fleet of 3 replicas behind HAProxy
   }, 60_000)
 })
 
-/** A line of the replica's log saying this key logged in (the `client=` fingerprint on it). */
+/** How often this key logged in on the replica: its log's `authenticated` lines carry the fingerprint. */
 const loginsOf = (replica: Replica, fingerprint: string) =>
   replica.gateway
     .log()
