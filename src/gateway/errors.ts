@@ -37,6 +37,19 @@ export class UpstreamError extends Data.TaggedError("UpstreamError")<{
   }
 }
 
+/**
+ * A child speaks none of the protocol versions the gateway speaks: it is left out (not restarted),
+ * and the session's other servers work.
+ */
+export class ChildLeftOut extends Data.TaggedError("ChildLeftOut")<{
+  readonly server: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `server '${this.server}' is left out: ${this.reason}`
+  }
+}
+
 /** The key store (authorized keys, enrollment tokens) could not be read, locked or written. */
 export class StoreError extends Data.TaggedError("StoreError")<{
   readonly path: string

@@ -6,6 +6,7 @@ import { CatalogLive } from "./children/Catalog.js"
 import { ChildBudgetLive } from "./children/ChildBudget.js"
 import { ChildReaperLive } from "./children/ChildReaper.js"
 import { ChildRegistryLive } from "./children/ChildRegistry.js"
+import { ProtocolMemoryLive } from "./children/ProtocolMemory.js"
 import { SharedChildrenLive } from "./children/SharedChildren.js"
 import { SparesLive } from "./children/Spares.js"
 import { UpstreamLive } from "./children/Upstream.js"
@@ -38,7 +39,7 @@ export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
   Layer.provide(Layer.merge(AuditLive, IdentityLimitsLive)),
   Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
-  Layer.provideMerge(ChildBudgetLive),
+  Layer.provideMerge(Layer.merge(ChildBudgetLive, ProtocolMemoryLive)),
   // The Catalog also tells the gateway's status how each server did at its probe.
   Layer.provideMerge(ServersLayer),
 )

@@ -31,6 +31,7 @@ export interface ServerEntry {
   readonly idleTimeout?: number
   readonly start?: "eager" | "lazy"
   readonly spares?: number
+  readonly protocol?: "auto" | "2026-07-28" | "2025-11-25"
 }
 
 export const everything: ServerEntry = { command: process.execPath, args: [everythingServer, "stdio"] }

@@ -1,15 +1,18 @@
 /**
- * Keeps one child MCP server of a session running: starts it, does the initialize handshake with the
- * client's capabilities, relays what it sends, and when it stops restarts it with capped exponential
- * backoff. Closing the session's scope stops it for good.
+ * Keeps one child MCP server of a session running: starts it, finds out which protocol it speaks
+ * (server/discover, else the initialize handshake with the client's capabilities), relays what it
+ * sends, and when it stops restarts it with capped exponential backoff. A child that speaks no
+ * version the gateway speaks is left out, not restarted. Closing the session's scope stops it for good.
  */
 import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
-import { UpstreamError } from "../errors.js"
+import { ChildLeftOut, UpstreamError } from "../errors.js"
 import { latestHandshakeVersion } from "../hub/mcp.js"
 import { Metrics } from "../ops/Metrics.js"
 import type { ChildBudgetShape } from "./ChildBudget.js"
+import { openChild } from "./openChild.js"
+import { makeProtocolMemory, type ProtocolMemoryShape } from "./ProtocolMemory.js"
 import type { ChildMessage, Upstream, UpstreamConnection, UpstreamOptions } from "./Upstream.js"
 
 /** What the gateway tells a child in initialize: the client's own version, capabilities and identity. */
@@ -30,7 +33,13 @@ export interface ReadyChild {
 export type ChildState =
   | { readonly _tag: "Starting" }
   | ReadyChild
-  | { readonly _tag: "Down"; readonly reason: string; readonly retryInMillis: number }
+  | {
+      readonly _tag: "Down"
+      readonly reason: string
+      readonly retryInMillis: number
+      /** It speaks no protocol version the gateway speaks: it is not restarted. */
+      readonly leftOut?: boolean
+    }
 
 export interface SupervisedChild {
   readonly server: ChildServer
@@ -69,6 +78,8 @@ export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout
   readonly owner?: string
   /** A warm spare for the first life, if one is ready (Spares.ts); its scope becomes the life's. */
   readonly takeSpare?: Effect.Effect<WarmChild | undefined, never, Scope.Scope>
+  /** What is known of servers' protocols beyond one child (default: this child's own memory). */
+  readonly memory?: ProtocolMemoryShape
 }
 
 /** A child started and initialized ahead of its session; `adopt` gives it its session's handlers. */
@@ -87,9 +98,6 @@ export const backoffDelay = (
   base: Duration.Duration,
   cap: Duration.Duration,
 ): Duration.Duration => Duration.min(Duration.times(base, 2 ** Math.min(failures, 20)), cap)
-
-const initializeFailed = (server: string, reason: string) =>
-  new UpstreamError({ server, code: ErrorCode.ServerUnavailable, reason })
 
 export const superviseChild = (
   upstream: Upstream["Type"],
@@ -113,6 +121,7 @@ export const superviseChild = (
       Effect.annotateLogs(effect, { server: server.name })
     const metrics = yield* Metrics
     const scope = options.scope ?? "session"
+    const memory = options.memory ?? makeProtocolMemory()
 
     const setState = (next: ChildState) =>
       Effect.suspend(() => {
@@ -122,8 +131,10 @@ export const superviseChild = (
         return hooks.onStateChange(child, previous, next)
       })
 
-    /** One life of the child: start, handshake, serve until it exits. Returns how long it was up. */
-    /** A new child: a place in the budget, the process, and initialize with the client's handshake. */
+    /**
+     * A new child: a place in the budget, the process, and the protocol it speaks (openChild.ts):
+     * server/discover or initialize with the client's handshake.
+     */
     const spawn = Effect.gen(function* () {
       if (options.budget !== undefined) {
         yield* options.budget.take(options.owner).pipe(
@@ -137,38 +148,24 @@ export const superviseChild = (
           ),
         )
       }
-      const connection = yield* upstream.start(server, {
-        maxLineBytes: options.maxLineBytes,
-        stopTimeout: options.stopTimeout,
-        requestTimeout: Duration.seconds(server.requestTimeout),
-        outputReady: options.outputReady,
-        onMessage: (connection, message) => hooks.onMessage(child, connection, message),
+      return yield* openChild({
+        upstream,
+        server,
+        process: {
+          maxLineBytes: options.maxLineBytes,
+          stopTimeout: options.stopTimeout,
+          requestTimeout: Duration.seconds(server.requestTimeout),
+          outputReady: options.outputReady,
+        },
+        handshake: hooks.handshake,
+        startupTimeout: options.startupTimeout,
+        memory,
+        deliver: (connection, message) => hooks.onMessage(child, connection, message),
       })
-      const handshake = yield* hooks.handshake
-      const response = yield* connection
-        .request({ jsonrpc: "2.0", id: "initialize", method: "initialize", params: { ...handshake } })
-        .pipe(
-          Effect.timeoutFail({
-            duration: options.startupTimeout,
-            onTimeout: () =>
-              initializeFailed(
-                server.name,
-                `did not answer initialize within ${Duration.format(options.startupTimeout)}`,
-              ),
-          }),
-        )
-      const result = response.result
-      if (response.error !== undefined || !isObject(result)) {
-        return yield* initializeFailed(
-          server.name,
-          `refused initialize: ${response.error?.message ?? "the result is not an object"}`,
-        )
-      }
-      yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
-      return { connection, result, protocolVersion: handshake.protocolVersion }
     })
 
     let lives = 0
+    /** One life of the child: start, handshake, serve until it exits. Returns how long it was up. */
     const life = Effect.gen(function* () {
       // The first life takes a warm spare when there is one: no spawn, no initialize to wait for.
       const spare = lives++ === 0 && options.takeSpare !== undefined ? yield* options.takeSpare : undefined
@@ -213,12 +210,23 @@ export const superviseChild = (
     const keepRunning = Effect.gen(function* () {
       let failures = 0
       while (true) {
-        const outcome = yield* life.pipe(Effect.either)
+        const outcome = yield* life.pipe(
+          Effect.catchTag("ChildLeftOut", (leftOut) => Effect.succeed(leftOut)),
+          Effect.either,
+        )
+        if (outcome._tag === "Right" && outcome.right instanceof ChildLeftOut) {
+          yield* log(Effect.logError(`${outcome.right.message}; the other servers go on without it`))
+          readySince = undefined
+          return yield* setState({ _tag: "Down", reason: outcome.right.message, retryInMillis: 0, leftOut: true })
+        }
         // A life that returns ended with the child's own exit; a stop ends it by interruption.
-        if (outcome._tag === "Right") metrics.childCrashed(server.name)
+        const ended = outcome._tag === "Right" && !(outcome.right instanceof ChildLeftOut) ? outcome.right : undefined
+        if (ended !== undefined) metrics.childCrashed(server.name)
         const reason =
-          outcome._tag === "Left" ? outcome.left.message : `server '${server.name}' ${outcome.right.reason}`
-        if (outcome._tag === "Right" && outcome.right.upMillis >= Duration.toMillis(stableAfter)) failures = 0
+          outcome._tag === "Left"
+            ? outcome.left.message
+            : `server '${server.name}' ${ended?.reason ?? "stopped"}`
+        if (ended !== undefined && ended.upMillis >= Duration.toMillis(stableAfter)) failures = 0
         const delay = backoffDelay(failures, base, cap)
         failures++
         yield* log(Effect.logWarning(`${reason}; restarting in ${Duration.format(delay)}`))

@@ -18,6 +18,7 @@ import { ChildBudget } from "./ChildBudget.js"
 import { ChildRegistry, type RunningChild } from "./ChildRegistry.js"
 import { type ClientHandshake, type SupervisedChild, superviseChild } from "./ChildSupervisor.js"
 import { type LeaseHooks, Multiplexer } from "./multiplex.js"
+import { ProtocolMemory } from "./ProtocolMemory.js"
 import { Upstream } from "./Upstream.js"
 
 export interface SharedChildrenShape {
@@ -84,6 +85,7 @@ export const SharedChildrenLive = Layer.scoped(
     const tracked = new Map<SupervisedChild, string>()
     const lock = yield* Effect.makeSemaphore(1)
     const registry = yield* ChildRegistry
+    const memory = yield* ProtocolMemory
 
     const keyOf = (server: ChildServer, identity: string) =>
       sharingOf(server).scope === "identity" ? `${server.name}\u0000${identity}` : server.name
@@ -109,6 +111,7 @@ export const SharedChildrenLive = Layer.scoped(
               outputReady: Effect.void,
               scope: sharing.scope,
               budget,
+              memory,
               ...(identity === undefined ? {} : { owner: identity }),
             },
             {

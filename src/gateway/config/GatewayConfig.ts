@@ -49,7 +49,11 @@ export interface ChildServer {
   readonly start?: "eager" | "lazy"
   /** Session-scope children kept started ahead of the sessions that take them (default 0). */
   readonly spares?: number
+  /** The MCP generation the child is spoken to in; absent: "auto" (probed with server/discover). */
+  readonly protocol?: ServerProtocol
 }
+
+export type ServerProtocol = "auto" | "2026-07-28" | "2025-11-25"
 
 export type ServerScope = "session" | "identity" | "shared"
 
@@ -208,6 +212,7 @@ export const loadGatewayConfig = (
         ...(spec.idleTimeout === undefined ? {} : { idleTimeout: spec.idleTimeout }),
         ...(spec.start === undefined ? {} : { start: spec.start }),
         ...(spec.spares === undefined ? {} : { spares: spec.spares }),
+        ...(spec.protocol === undefined ? {} : { protocol: spec.protocol }),
       })
     }
     const accessCheck =

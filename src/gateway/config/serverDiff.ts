@@ -33,7 +33,8 @@ export const sameServer = (a: ChildServer, b: ChildServer): boolean =>
   a.instances === b.instances &&
   a.idleTimeout === b.idleTimeout &&
   a.start === b.start &&
-  a.spares === b.spares
+  a.spares === b.spares &&
+  a.protocol === b.protocol
 
 export const diffServers = (
   before: ReadonlyArray<ChildServer>,

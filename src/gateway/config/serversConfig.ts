@@ -72,6 +72,13 @@ export const ServerSpec = Schema.Struct({
     Schema.Int.pipe(Schema.between(0, 64, { message: () => "spares is a whole number from 0 to 64" })),
     { exact: true },
   ),
+  /** Which MCP generation to speak to the server: found out with server/discover (auto), or fixed. */
+  protocol: Schema.optionalWith(
+    Schema.Literal("auto", "2026-07-28", "2025-11-25").annotations({
+      message: () => 'protocol must be "auto", "2026-07-28" or "2025-11-25"',
+    }),
+    { exact: true },
+  ),
 })
 export type ServerSpec = typeof ServerSpec.Type
 

@@ -25,6 +25,7 @@ import { resolveAccess, type SessionAccess } from "../access/sessionAccess.js"
 import { Catalog, type Configured } from "../children/Catalog.js"
 import { ChildBudget } from "../children/ChildBudget.js"
 import type { ChildState, SupervisedChild } from "../children/ChildSupervisor.js"
+import { ProtocolMemory } from "../children/ProtocolMemory.js"
 import { SharedChildren } from "../children/SharedChildren.js"
 import { Spares } from "../children/Spares.js"
 import { Upstream } from "../children/Upstream.js"
@@ -98,6 +99,7 @@ export const HubLive = Layer.effect(
     const shared = yield* SharedChildren
     const budget = yield* ChildBudget
     const spares = yield* Spares
+    const memory = yield* ProtocolMemory
     const { settings } = config
 
     /**
@@ -159,6 +161,7 @@ export const HubLive = Layer.effect(
           identity: client.identity,
           budget,
           spares,
+          memory,
           hooks: {
             onMessage: makeChildMessages(output, protocol, serverRequests, inputRounds, feed),
             onStateChange,

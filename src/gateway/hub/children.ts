@@ -24,6 +24,7 @@ import {
   superviseChild,
   type WarmChild,
 } from "../children/ChildSupervisor.js"
+import type { ProtocolMemoryShape } from "../children/ProtocolMemory.js"
 import type { SharedChildrenShape } from "../children/SharedChildren.js"
 import { guardCapabilities, type SparesShape } from "../children/Spares.js"
 import type { Upstream } from "../children/Upstream.js"
@@ -82,6 +83,7 @@ export interface SessionChildrenOptions {
   readonly identity: string
   readonly budget?: ChildBudgetShape
   readonly spares?: SparesShape
+  readonly memory?: ProtocolMemoryShape
 }
 
 const readyState = (child: SupervisedChild | undefined): ReadyChild | undefined => {
@@ -146,6 +148,7 @@ export const makeSessionChildren = (
           {
             ...options.supervisor,
             ...(options.budget === undefined ? {} : { budget: options.budget }),
+            ...(options.memory === undefined ? {} : { memory: options.memory }),
             ...(spares === undefined || resolved !== server ? {} : { takeSpare: takeSpare(spares, server) }),
             owner: options.identity,
           },
@@ -187,9 +190,11 @@ export const makeSessionChildren = (
     const notRunning = (id: JsonRpcId, server: string): JsonRpcResponse => {
       const state = byName.get(server)?.state()
       const why =
-        state?._tag === "Down"
-          ? `${state.reason}; restarting in ${Duration.format(Duration.millis(state.retryInMillis))}`
-          : "it is still starting"
+        state?._tag !== "Down"
+          ? "it is still starting"
+          : state.leftOut === true
+            ? state.reason
+            : `${state.reason}; restarting in ${Duration.format(Duration.millis(state.retryInMillis))}`
       return errorResponse(id, {
         code: ErrorCode.ServerUnavailable,
         message: `server '${server}' is not running: ${why}`,

@@ -36,6 +36,7 @@ import { IdentityLimitsLive } from "../../../src/gateway/access/IdentityLimits.j
 import { Catalog, CatalogLive } from "../../../src/gateway/children/Catalog.js"
 import { ChildBudgetLive } from "../../../src/gateway/children/ChildBudget.js"
 import { ChildRegistryLive } from "../../../src/gateway/children/ChildRegistry.js"
+import { ProtocolMemoryLive } from "../../../src/gateway/children/ProtocolMemory.js"
 import { SharedChildrenLive } from "../../../src/gateway/children/SharedChildren.js"
 import { SparesLive } from "../../../src/gateway/children/Spares.js"
 import { type ChildServer, GatewayConfig } from "../../../src/gateway/config/GatewayConfig.js"
@@ -187,7 +188,7 @@ export const startGateway = (
       Layer.provide(HubLive),
       Layer.provide(Layer.merge(auditLayer, IdentityLimitsLive)),
       Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
-      Layer.provideMerge(ChildBudgetLive),
+      Layer.provideMerge(Layer.merge(ChildBudgetLive, ProtocolMemoryLive)),
       Layer.provideMerge(ChildRegistryLive),
     )
     const context = yield* Layer.build(
