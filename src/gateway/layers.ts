@@ -30,7 +30,7 @@ import { SshServerLive } from "./ssh/SshServer.js"
 /** The configured servers (one Catalog, shared by the sessions and the Reloader) and their reloads. */
 const ServersLayer = Layer.mergeAll(ReloadTriggersLive, ReloadTargetLive).pipe(
   Layer.provideMerge(CatalogLive),
-  Layer.provideMerge(UpstreamLive),
+  Layer.provideMerge(Layer.merge(UpstreamLive, ProtocolMemoryLive)),
   Layer.provide(ChildReaperLive),
 )
 
@@ -39,7 +39,7 @@ export const SessionLayer = McpSessionLive.pipe(
   Layer.provide(HubLive),
   Layer.provide(Layer.merge(AuditLive, IdentityLimitsLive)),
   Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
-  Layer.provideMerge(Layer.merge(ChildBudgetLive, ProtocolMemoryLive)),
+  Layer.provideMerge(ChildBudgetLive),
   // The Catalog also tells the gateway's status how each server did at its probe.
   Layer.provideMerge(ServersLayer),
 )

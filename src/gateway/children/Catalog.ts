@@ -1,6 +1,7 @@
 /**
  * The configured servers and what each offers, learned at gateway start (and for new or changed
- * servers at each reload) by starting it, initializing it and listing its tools and prompts. It lets
+ * servers at each reload) by starting it, finding out its protocol (openChild.ts) and listing its
+ * tools and prompts. It lets
  * the gateway refuse a configuration whose merged names collide before any client sees it, and
  * declare a slow server's capabilities before it is up.
  */
@@ -20,6 +21,8 @@ import { diffServers, type ServerDiff } from "../config/serverDiff.js"
 import { ConfigError } from "../errors.js"
 import { latestHandshakeVersion } from "../hub/mcp.js"
 import { exposedName, findCollisions, type NamedEntry } from "../hub/naming.js"
+import { openChild } from "./openChild.js"
+import { ProtocolMemory, type ProtocolMemoryShape } from "./ProtocolMemory.js"
 import { Upstream, type UpstreamConnection } from "./Upstream.js"
 
 export interface ServerProfile {
@@ -95,18 +98,34 @@ interface ProbeResult {
 
 const probe = (
   upstream: Upstream["Type"],
+  memory: ProtocolMemoryShape,
   server: ChildServer,
   options: { maxLineBytes: number; timeout: Duration.Duration },
 ) =>
   Effect.gen(function* () {
-    const connection = yield* upstream.start(server, {
-      maxLineBytes: options.maxLineBytes,
-      stopTimeout: Duration.seconds(1),
-      requestTimeout: options.timeout,
-      // Nobody reads the probe's output but the probe itself.
-      outputReady: Effect.void,
+    // The same start as a session's child (server/discover or initialize), so a modern-only server
+    // is profiled too, and one that exits on server/discover is remembered before any session.
+    const { connection, result } = yield* openChild({
+      upstream,
+      server,
+      process: {
+        maxLineBytes: options.maxLineBytes,
+        stopTimeout: Duration.seconds(1),
+        requestTimeout: options.timeout,
+        // Nobody reads the probe's output but the probe itself.
+        outputReady: Effect.void,
+      },
+      handshake: Effect.succeed({
+        protocolVersion: latestHandshakeVersion,
+        // Servers offer some tools only to clients that can sample, elicit or list roots: claim all,
+        // so every name that could collide is seen.
+        capabilities: { sampling: {}, elicitation: {}, roots: { listChanged: true } },
+        clientInfo: { name: "mcp-ssh-probe", version },
+      }),
+      startupTimeout: options.timeout,
+      memory,
       // Nobody is there to answer a request the server makes during the probe.
-      onMessage: (connection, message) =>
+      deliver: (connection, message) =>
         isRequest(message)
           ? connection
               .send(
@@ -118,20 +137,6 @@ const probe = (
               .pipe(Effect.ignore)
           : Effect.void,
     })
-    const response = yield* connection.request({
-      jsonrpc: "2.0",
-      id: "probe",
-      method: "initialize",
-      params: {
-        protocolVersion: latestHandshakeVersion,
-        // Servers offer some tools only to clients that can sample, elicit or list roots: claim all,
-        // so every name that could collide is seen.
-        capabilities: { sampling: {}, elicitation: {}, roots: { listChanged: true } },
-        clientInfo: { name: "mcp-ssh-probe", version },
-      },
-    })
-    const result = isObject(response.result) ? response.result : {}
-    yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
     const capabilities = isObject(result.capabilities) ? result.capabilities : {}
     const tools =
       capabilities.tools === undefined ? [] : namesOf(yield* listAll(connection, "tools/list", "tools"))
@@ -184,13 +189,14 @@ export const CatalogLive = Layer.effect(
   Effect.gen(function* () {
     const config = yield* GatewayConfig
     const upstream = yield* Upstream
+    const memory = yield* ProtocolMemory
     const timeout = Duration.seconds(config.settings.startupTimeout)
     /** Each server's probe: its result, or why it failed (logged; the server is still tried per session). */
     const probeEach = (servers: ReadonlyArray<ChildServer>) =>
       Effect.forEach(
         servers,
         (server) =>
-          probe(upstream, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
+          probe(upstream, memory, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
             Effect.mapError((error) =>
               error._tag === "TimeoutException"
                 ? `no answer within ${Duration.format(timeout)}`

@@ -188,12 +188,13 @@ export const startGateway = (
       Layer.provide(HubLive),
       Layer.provide(Layer.merge(auditLayer, IdentityLimitsLive)),
       Layer.provideMerge(Layer.merge(SharedChildrenLive, SparesLive)),
-      Layer.provideMerge(Layer.merge(ChildBudgetLive, ProtocolMemoryLive)),
+      Layer.provideMerge(ChildBudgetLive),
       Layer.provideMerge(ChildRegistryLive),
     )
     const context = yield* Layer.build(
       sessionLayer.pipe(
         Layer.provideMerge(CatalogLive),
+        Layer.provideMerge(ProtocolMemoryLive),
         Layer.provide(fakes.layer),
         Layer.provideMerge(DrainLive),
         Layer.provide(Layer.succeed(GatewayConfig, config)),
