@@ -217,10 +217,16 @@ export const superviseChild = (
         if (outcome._tag === "Right" && outcome.right instanceof ChildLeftOut) {
           yield* log(Effect.logError(`${outcome.right.message}; the other servers go on without it`))
           readySince = undefined
-          return yield* setState({ _tag: "Down", reason: outcome.right.message, retryInMillis: 0, leftOut: true })
+          return yield* setState({
+            _tag: "Down",
+            reason: outcome.right.message,
+            retryInMillis: 0,
+            leftOut: true,
+          })
         }
         // A life that returns ended with the child's own exit; a stop ends it by interruption.
-        const ended = outcome._tag === "Right" && !(outcome.right instanceof ChildLeftOut) ? outcome.right : undefined
+        const ended =
+          outcome._tag === "Right" && !(outcome.right instanceof ChildLeftOut) ? outcome.right : undefined
         if (ended !== undefined) metrics.childCrashed(server.name)
         const reason =
           outcome._tag === "Left"

@@ -78,7 +78,9 @@ export const relayableCapabilities = (capabilities: JsonObject): JsonObject => {
   const elicitation = capabilities.elicitation
   if (isObject(elicitation)) {
     relayed.elicitation =
-      elicitation.form === undefined && elicitation.url === undefined ? { ...elicitation, form: {} } : elicitation
+      elicitation.form === undefined && elicitation.url === undefined
+        ? { ...elicitation, form: {} }
+        : elicitation
   }
   return relayed
 }

@@ -10,7 +10,8 @@
  *   notifications go on as a 2025 child's would;
  * - an `input_required` result becomes the requests a 2025 child would have sent (elicitation,
  *   sampling, roots); their answers go back to the child in a retry with `inputResponses` and
- *   `requestState`, and the caller sees one call and one result;
+ *   `requestState`, and the caller sees one call and one result (a 2026 client's call, marked by the
+ *   Hub, gets the input_required result itself instead);
  * - `resultType` and cache hints leave the results (the Hub adds its own for 2026 clients).
  *
  * The per-call path is plain callbacks; all state is this life's, owned here.
@@ -28,7 +29,7 @@ import {
   parsedResponse,
 } from "../../shared/jsonRpc.js"
 import { UpstreamError } from "../errors.js"
-import { metaKey, modernVersion } from "../hub/modern.js"
+import { callOwner, metaKey, modernVersion, returnInputRequired } from "../hub/modern.js"
 import { relayableCapabilities } from "./discover.js"
 import type { CallOutcome } from "./pendingCalls.js"
 import { type ChildMessage, requestThrough, type UpstreamConnection } from "./Upstream.js"
@@ -117,6 +118,9 @@ export const listenFilter = (capabilities: JsonObject, uris: ReadonlySet<string>
   }
 }
 
+const withoutKey = (object: JsonObject, key: string): JsonObject =>
+  Object.fromEntries(Object.entries(object).filter(([name]) => name !== key))
+
 const ok = (id: JsonRpcId): JsonRpcResponse => ({ jsonrpc: "2.0", id, result: {} })
 
 export const makeModernChild = (options: ModernChildOptions): ModernChild => {
@@ -177,8 +181,22 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
     )
   }
 
-  /** A call that may go through input_required rounds: the caller sees one answer. */
-  const converse = (request: JsonRpcRequest, done: (outcome: CallOutcome) => void) => {
+  /**
+   * A call that may go through input_required rounds: the caller sees one answer. A caller that
+   * asked for it (a 2026 client's call, marked by the Hub) gets the input_required result itself.
+   */
+  const converse = (marked: JsonRpcRequest, done: (outcome: CallOutcome) => void) => {
+    const meta = marked.params?._meta
+    const returnsInput = isObject(meta) && meta[returnInputRequired] === true
+    // The gateway's own marks are read here and never reach the child.
+    const owner = isObject(meta) ? meta[callOwner] : undefined
+    const request =
+      isObject(meta) && (returnsInput || owner !== undefined)
+        ? {
+            ...marked,
+            params: { ...marked.params, _meta: withoutKey(withoutKey(meta, returnInputRequired), callOwner) },
+          }
+        : marked
     let over = false
     let cancelCurrent = () => {}
     const asked = new Set<string>()
@@ -190,7 +208,13 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
     const withdrawAsked = (reason: string) => {
       for (const id of asked) {
         awaitedInputs.delete(id)
-        run(deliver(connection, { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason } }))
+        run(
+          deliver(connection, {
+            jsonrpc: "2.0",
+            method: "notifications/cancelled",
+            params: { requestId: id, reason },
+          }),
+        )
       }
       asked.clear()
     }
@@ -200,7 +224,10 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
         if (outcome instanceof UpstreamError) return finish(outcome)
         const response = parsedResponse(outcome)
         const result = response.result
-        if (isObject(result) && result.resultType === "input_required") return ask(params, result)
+        if (isObject(result) && result.resultType === "input_required") {
+          if (returnsInput) return finish(response)
+          return ask(params, result)
+        }
         finish(toLegacyResponse(response))
       })
     }
@@ -209,7 +236,10 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
       const asks = inputRequestsOf(result)
       if (typeof asks === "string") {
         return finish(
-          errorResponse(request.id, { code: ErrorCode.InternalError, message: `server '${raw.name}' sent ${asks}` }),
+          errorResponse(request.id, {
+            code: ErrorCode.InternalError,
+            message: `server '${raw.name}' sent ${asks}`,
+          }),
         )
       }
       const answers: Record<string, unknown> = {}
@@ -234,7 +264,15 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
             ...(typeof result.requestState === "string" ? { requestState: result.requestState } : {}),
           })
         })
-        run(deliver(connection, { jsonrpc: "2.0", id, method, params: inputParams }))
+        // The call's owner (a session of a shared child) goes with its questions.
+        const tagged =
+          owner === undefined
+            ? inputParams
+            : {
+                ...inputParams,
+                _meta: { ...(isObject(inputParams._meta) ? inputParams._meta : {}), [callOwner]: owner },
+              }
+        run(deliver(connection, { jsonrpc: "2.0", id, method, params: tagged }))
       }
     }
     attempt(request.params)
@@ -262,7 +300,12 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
       case "resources/subscribe":
       case "resources/unsubscribe": {
         if (typeof uri !== "string") {
-          done(errorResponse(request.id, { code: ErrorCode.InvalidParams, message: "Invalid params: uri is missing" }))
+          done(
+            errorResponse(request.id, {
+              code: ErrorCode.InvalidParams,
+              message: "Invalid params: uri is missing",
+            }),
+          )
           return () => {}
         }
         const before = uris.size

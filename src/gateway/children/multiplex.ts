@@ -27,7 +27,9 @@ import {
   type JsonRpcResponse,
 } from "../../shared/jsonRpc.js"
 import { UpstreamError } from "../errors.js"
+import { callOwner, metaKey, modernVersion } from "../hub/modern.js"
 import type { ChildState, ReadyChild, SupervisedChild, SupervisorHooks } from "./ChildSupervisor.js"
+import { relayableCapabilities } from "./discover.js"
 import type { CallOutcome } from "./pendingCalls.js"
 import { type ChildMessage, requestThrough, type UpstreamConnection } from "./Upstream.js"
 
@@ -77,6 +79,26 @@ const withProgressToken = (request: JsonRpcRequest, token: string): JsonRpcReque
   return { ...request, params: { ...params, _meta: { ...meta, progressToken: token } } }
 }
 
+/** A session's call to a shared modern child: its own client capabilities, and whose call it is. */
+const forModernChild = (request: JsonRpcRequest, lease: Lease): JsonRpcRequest => {
+  const params = request.params ?? {}
+  const meta = isObject(params._meta) ? params._meta : {}
+  const capabilities = lease.hooks.clientCapabilities()
+  return {
+    ...request,
+    params: {
+      ...params,
+      _meta: {
+        ...meta,
+        ...(capabilities === undefined
+          ? {}
+          : { [metaKey.clientCapabilities]: relayableCapabilities(capabilities) }),
+        [callOwner]: lease.tag,
+      },
+    },
+  }
+}
+
 const ok = (id: JsonRpcId): JsonRpcResponse => ({ jsonrpc: "2.0", id, result: {} })
 const nothing = () => {}
 
@@ -93,6 +115,9 @@ interface InFlight {
 
 /** One session's hold on a shared child. */
 export class Lease {
+  private static nextTag = 1
+  /** Names the lease on a shared modern child's calls, whose questions carry it back. */
+  readonly tag = Lease.nextTag++
   readonly inflight = new Map<number, InFlight>()
   readonly subscriptions = new Set<string>()
   level: string | undefined
@@ -303,6 +328,20 @@ export class Multiplexer {
   private routeRequest(connection: UpstreamConnection, request: JsonRpcRequest): Effect.Effect<void> {
     const answer = (response: JsonRpcResponse) => connection.send(response).pipe(Effect.ignore)
     if (request.method === "ping") return answer(ok(request.id))
+    // A modern child's question says whose call it belongs to: no guess needed.
+    const meta = request.params?._meta
+    const owner = isObject(meta) ? meta[callOwner] : undefined
+    if (owner !== undefined && isObject(meta)) {
+      const { [callOwner]: _owner, ...rest } = meta
+      const lease = [...this.leases].find((candidate) => candidate.tag === owner)
+      const untagged = { ...request, params: { ...request.params, _meta: rest } }
+      if (lease === undefined) {
+        const message = "the session this request was for has closed"
+        return answer(errorResponse(request.id, { code: ErrorCode.ServerUnavailable, message }))
+      }
+      this.childRequests.set(JSON.stringify(request.id), lease)
+      return this.deliver(lease, connection, untagged)
+    }
     // Whose roots? A child shared by many sessions has none of its own.
     if (request.method === "roots/list")
       return answer({ jsonrpc: "2.0", id: request.id, result: { roots: [] } })
@@ -397,7 +436,7 @@ export class Multiplexer {
   ): () => void {
     const key = lease.nextCall++
     let settled = false
-    let sent = request
+    let sent = this.ready()?.protocolVersion === modernVersion ? forModernChild(request, lease) : request
     let progressKey: string | undefined
     const token = progressTokenOf(request)
     if (token !== undefined) {

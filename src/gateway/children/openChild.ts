@@ -72,13 +72,17 @@ export const openChild = (options: OpenChildOptions) =>
             Effect.timeoutFail({
               duration: options.startupTimeout,
               onTimeout: () =>
-                failed(server.name, `did not answer initialize within ${Duration.format(options.startupTimeout)}`),
+                failed(
+                  server.name,
+                  `did not answer initialize within ${Duration.format(options.startupTimeout)}`,
+                ),
             }),
           )
         const offered = refusedVersions(response)
-        if (offered !== undefined && offered.includes(modernVersion))
+        if (offered?.includes(modernVersion))
           return yield* failed(server.name, `refused initialize: it speaks only MCP ${offered.join(", ")}`)
-        if (offered !== undefined) return yield* new ChildLeftOut({ server: server.name, reason: describeOffered(offered) })
+        if (offered !== undefined)
+          return yield* new ChildLeftOut({ server: server.name, reason: describeOffered(offered) })
         const result = response.result
         if (response.error !== undefined || !isObject(result)) {
           return yield* failed(
@@ -90,7 +94,8 @@ export const openChild = (options: OpenChildOptions) =>
         return {
           connection,
           result,
-          protocolVersion: typeof result.protocolVersion === "string" ? result.protocolVersion : handshake.protocolVersion,
+          protocolVersion:
+            typeof result.protocolVersion === "string" ? result.protocolVersion : handshake.protocolVersion,
         } satisfies OpenedChild
       })
 
@@ -98,18 +103,20 @@ export const openChild = (options: OpenChildOptions) =>
       connection: UpstreamConnection,
       handshake: ClientHandshake,
     ): Effect.Effect<ProbeVerdict | "exited"> =>
-      connection.request(discoverRequest(relayableCapabilities(handshake.capabilities), handshake.clientInfo)).pipe(
-        Effect.map(classifyDiscover),
-        Effect.timeout(Duration.millis(Math.min(probeMillis, Duration.toMillis(options.startupTimeout)))),
-        Effect.catchTags({
-          TimeoutException: () =>
-            Effect.succeed<ProbeVerdict>({ _tag: "Legacy", why: "it did not answer server/discover" }),
-          UpstreamError: (error) =>
-            Effect.succeed<ProbeVerdict | "exited">(
-              error.code === ErrorCode.ServerUnavailable ? "exited" : { _tag: "Legacy", why: error.reason },
-            ),
-        }),
-      )
+      connection
+        .request(discoverRequest(relayableCapabilities(handshake.capabilities), handshake.clientInfo))
+        .pipe(
+          Effect.map(classifyDiscover),
+          Effect.timeout(Duration.millis(Math.min(probeMillis, Duration.toMillis(options.startupTimeout)))),
+          Effect.catchTags({
+            TimeoutException: () =>
+              Effect.succeed<ProbeVerdict>({ _tag: "Legacy", why: "it did not answer server/discover" }),
+            UpstreamError: (error) =>
+              Effect.succeed<ProbeVerdict | "exited">(
+                error.code === ErrorCode.ServerUnavailable ? "exited" : { _tag: "Legacy", why: error.reason },
+              ),
+          }),
+        )
 
     const modern = (
       started: Effect.Effect.Success<ReturnType<typeof startProcess>>,
@@ -131,7 +138,11 @@ export const openChild = (options: OpenChildOptions) =>
           },
         })
         started.target.onMessage = (_connection, message) => child.fromChild(message)
-        return { connection: child.connection, result: discover, protocolVersion: modernVersion } satisfies OpenedChild
+        return {
+          connection: child.connection,
+          result: discover,
+          protocolVersion: modernVersion,
+        } satisfies OpenedChild
       })
 
     const mode = server.protocol ?? "auto"
@@ -161,7 +172,10 @@ export const openChild = (options: OpenChildOptions) =>
         return yield* new ChildLeftOut({ server: server.name, reason: describeOffered(verdict.offered) })
       case "Legacy":
         if (mode === "2026-07-28")
-          return yield* failed(server.name, `does not speak MCP ${modernVersion} (protocol in the config): ${verdict.why}`)
+          return yield* failed(
+            server.name,
+            `does not speak MCP ${modernVersion} (protocol in the config): ${verdict.why}`,
+          )
         yield* Effect.logDebug(`server '${server.name}' speaks the initialize handshake: ${verdict.why}`)
         return yield* initialize(started.connection)
     }

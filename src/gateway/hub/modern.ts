@@ -4,7 +4,13 @@
  * instead of server-to-client requests, and change notifications only through `subscriptions/listen`.
  * Pure helpers; the session logic is in the Hub.
  */
-import { ErrorCode, isObject, type JsonObject, type JsonRpcResponse } from "../../shared/jsonRpc.js"
+import {
+  ErrorCode,
+  isObject,
+  type JsonObject,
+  type JsonRpcRequest,
+  type JsonRpcResponse,
+} from "../../shared/jsonRpc.js"
 
 export const modernVersion = "2026-07-28"
 export const modernVersions: ReadonlyArray<string> = [modernVersion]
@@ -211,3 +217,55 @@ export const unsupportedVersion = (requested: string) => ({
   message: `Unsupported protocol version: ${requested}`,
   data: { supported: [...modernVersions], requested },
 })
+
+/**
+ * A modern child's requestState as the client sees it: prefixed with the server's name, so a retry
+ * is checked to reach the child that asked (a requestState is opaque to the client either way).
+ */
+export const namespacedState = (server: string, state: string): string => `${server}:${state}`
+
+/** The child's own requestState from the client's, or undefined when it is not this server's. */
+export const childState = (server: string, state: string): string | undefined =>
+  state.startsWith(`${server}:`) ? state.slice(server.length + 1) : undefined
+
+/**
+ * The `_meta` key by which the Hub asks a modern child's connection to give an input_required result
+ * back as it is (a 2026 client answers it) instead of asking the client itself. Never leaves the gateway.
+ */
+export const returnInputRequired = "mcp-ssh/returnInputRequired"
+
+/**
+ * A 2026 client's interactive request on its way to a modern child: marked so the child's
+ * input_required comes back as it is, its requestState (if any) the child's own again. A string
+ * says why it cannot go: the requestState is not one this server gave.
+ */
+export const toModernChild = (server: string, request: JsonRpcRequest): JsonRpcRequest | string => {
+  const params = request.params ?? {}
+  const meta = isObject(params._meta) ? params._meta : {}
+  const state = params.requestState
+  if (state !== undefined && (typeof state !== "string" || childState(server, state) === undefined))
+    return `Invalid params: requestState was not given by server '${server}'`
+  return {
+    ...request,
+    params: {
+      ...params,
+      ...(typeof state === "string" ? { requestState: childState(server, state) } : {}),
+      _meta: { ...meta, [returnInputRequired]: true },
+    },
+  }
+}
+
+/** A modern child's answer to a 2026 client: an input_required result's requestState namespaced. */
+export const fromModernChild = (server: string, response: JsonRpcResponse): JsonRpcResponse => {
+  const result = response.result
+  if (!isObject(result) || result.resultType !== "input_required" || typeof result.requestState !== "string")
+    return response
+  return { ...response, result: { ...result, requestState: namespacedState(server, result.requestState) } }
+}
+
+/**
+ * The `_meta` key by which the multiplexer tells a shared modern child's connection whose call a
+ * request is; the connection puts it on the input requests it makes of that call, so they go to the
+ * session that made it. Never leaves the gateway.
+ */
+export const callOwner = "mcp-ssh/callOwner"
