@@ -24,25 +24,23 @@ const speaksBoth: ServerEntry = { ...node("modern-only-server.mjs", "both"), pro
 const gateways: Record<string, RunningGateway> = {}
 
 beforeAll(async () => {
-  const [session, shared] = await Promise.all([
-    startGateway({
-      servers: {
-        modern: modernOnly,
-        both: speaksBoth,
-        mini: node("mini-server.mjs"),
-        dies: node("mini-server.mjs", "exit-before-initialize"),
-        future: node("modern-only-server.mjs", "future"),
-      },
-    }),
-    startGateway({
-      servers: {
-        modern: { ...modernOnly, scope: "shared" },
-        both: { ...speaksBoth, scope: "shared" },
-      },
-    }),
-  ])
-  gateways.session = session
-  gateways.shared = shared
+  // One after the other: each starts its servers at once, and the machine may be busy.
+  gateways.session = await startGateway({
+    servers: {
+      // Sessions take a warm spare of it: spares are probed and wrapped as a session's child is.
+      modern: { ...modernOnly, spares: 1 },
+      both: speaksBoth,
+      mini: node("mini-server.mjs"),
+      dies: node("mini-server.mjs", "exit-before-initialize"),
+      future: node("modern-only-server.mjs", "future"),
+    },
+  })
+  gateways.shared = await startGateway({
+    servers: {
+      modern: { ...modernOnly, scope: "shared" },
+      both: { ...speaksBoth, scope: "shared" },
+    },
+  })
 })
 afterAll(async () => {
   await Promise.all(Object.values(gateways).map((gateway) => disposeGateway(gateway)))

@@ -8,7 +8,6 @@ import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { ChildLeftOut, UpstreamError } from "../errors.js"
-import { latestHandshakeVersion } from "../hub/mcp.js"
 import { Metrics } from "../ops/Metrics.js"
 import type { ChildBudgetShape } from "./ChildBudget.js"
 import { openChild } from "./openChild.js"
@@ -87,7 +86,11 @@ export interface WarmChild {
   readonly adopt: (
     onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>,
     outputReady: Effect.Effect<void>,
-  ) => { readonly connection: UpstreamConnection; readonly result: JsonObject }
+  ) => {
+    readonly connection: UpstreamConnection
+    readonly result: JsonObject
+    readonly protocolVersion: string
+  }
 }
 
 /** A child that stayed up this long is considered healthy again: its next restart starts fast. */
@@ -172,13 +175,10 @@ export const superviseChild = (
       const { connection, result, protocolVersion } =
         spare === undefined
           ? yield* spawn
-          : {
-              ...spare.adopt(
-                (connection, message) => hooks.onMessage(child, connection, message),
-                options.outputReady,
-              ),
-              protocolVersion: latestHandshakeVersion,
-            }
+          : spare.adopt(
+              (connection, message) => hooks.onMessage(child, connection, message),
+              options.outputReady,
+            )
       yield* Effect.acquireRelease(
         Effect.sync(() => metrics.childStarted(server.name, scope, connection.pid)),
         (gone) => Effect.sync(gone),

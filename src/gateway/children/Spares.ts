@@ -7,7 +7,7 @@
  * Reloads: spares of a removed or changed server stop; new ones start for the new version.
  */
 import { Context, Duration, Effect, ExecutionStrategy, Exit, Layer, Scope, Stream } from "effect"
-import { ErrorCode, errorResponse, isObject, isRequest, type JsonObject } from "../../shared/jsonRpc.js"
+import { ErrorCode, errorResponse, isRequest, type JsonObject } from "../../shared/jsonRpc.js"
 import { version } from "../../shared/version.js"
 import { type ChildServer, GatewayConfig, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
@@ -16,6 +16,8 @@ import { Catalog } from "./Catalog.js"
 import { ChildBudget } from "./ChildBudget.js"
 import type { WarmChild } from "./ChildSupervisor.js"
 import { capabilityFor } from "./multiplex.js"
+import { openChild } from "./openChild.js"
+import { ProtocolMemory } from "./ProtocolMemory.js"
 import { type ChildMessage, Upstream, type UpstreamConnection } from "./Upstream.js"
 
 export interface SparesShape {
@@ -32,6 +34,7 @@ interface Spare {
   readonly scope: Scope.CloseableScope
   readonly connection: UpstreamConnection
   readonly result: JsonObject
+  readonly protocolVersion: string
   /** Where its messages go and what its output waits on: the service's until a session adopts it. */
   readonly target: {
     onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>
@@ -59,6 +62,7 @@ export const SparesLive = Layer.scoped(
     const upstream = yield* Upstream
     const catalog = yield* Catalog
     const budget = yield* ChildBudget
+    const memory = yield* ProtocolMemory
     const serviceScope = yield* Effect.scope
     const pools = new Map<string, Array<Spare>>()
     /** The version of each server spares are kept for; a reload replaces it. */
@@ -71,37 +75,38 @@ export const SparesLive = Layer.scoped(
         const started = yield* Effect.gen(function* () {
           yield* budget.take(undefined)
           const target: Spare["target"] = { onMessage: idle, outputReady: Effect.void }
-          const connection = yield* upstream.start(server, {
-            maxLineBytes: settings.maxLineBytes,
-            stopTimeout: Duration.seconds(settings.childStopTimeout),
-            requestTimeout: Duration.seconds(server.requestTimeout),
-            outputReady: Effect.suspend(() => target.outputReady),
-            onMessage: (connection, message) => target.onMessage(connection, message),
+          // The same start as a session's child: a modern server's spare is probed and wrapped too.
+          const { connection, result, protocolVersion } = yield* openChild({
+            upstream,
+            server,
+            process: {
+              maxLineBytes: settings.maxLineBytes,
+              stopTimeout: Duration.seconds(settings.childStopTimeout),
+              requestTimeout: Duration.seconds(server.requestTimeout),
+              outputReady: Effect.suspend(() => target.outputReady),
+            },
+            handshake: Effect.succeed({
+              protocolVersion: latestHandshakeVersion,
+              capabilities: relayCapabilities,
+              clientInfo: { name: "mcp-ssh", version },
+            }),
+            startupTimeout: Duration.seconds(settings.startupTimeout),
+            memory,
+            deliver: (connection, message) => target.onMessage(connection, message),
           })
-          const response = yield* connection
-            .request({
-              jsonrpc: "2.0",
-              id: "initialize",
-              method: "initialize",
-              params: {
-                protocolVersion: latestHandshakeVersion,
-                capabilities: relayCapabilities,
-                clientInfo: { name: "mcp-ssh", version },
-              },
-            })
-            .pipe(Effect.timeout(Duration.seconds(settings.startupTimeout)))
-          if (!isObject(response.result)) return yield* Effect.fail(`refused initialize`)
-          yield* connection.send({ jsonrpc: "2.0", method: "notifications/initialized" })
-          return { connection, result: response.result, target }
+          return { connection, result, protocolVersion, target }
         }).pipe(Scope.extend(scope), Effect.either)
         if (started._tag === "Left") {
           yield* Scope.close(scope, Exit.void)
-          const reason = typeof started.left === "string" ? started.left : started.left.message
+          const reason = started.left.message
+          // A server that speaks no version the gateway speaks gets no spares; its sessions say why.
+          if (started.left._tag === "ChildLeftOut")
+            return yield* Effect.logWarning(`no spares of server '${server.name}': ${reason}`)
           yield* Effect.logWarning(`a spare of server '${server.name}' did not start: ${reason}`)
           return yield* Effect.sleep(retryDelay).pipe(Effect.zipRight(startOne(server)))
         }
-        const { connection, result, target } = started.right
-        const spare: Spare = { server, scope, connection, result, target }
+        const { connection, result, protocolVersion, target } = started.right
+        const spare: Spare = { server, scope, connection, result, protocolVersion, target }
         const pool = pools.get(server.name) ?? []
         pools.set(server.name, pool)
         pool.push(spare)
@@ -138,7 +143,11 @@ export const SparesLive = Layer.scoped(
           adopt: (onMessage, outputReady) => {
             spare.target.outputReady = outputReady
             spare.target.onMessage = onMessage
-            return { connection: spare.connection, result: spare.result }
+            return {
+              connection: spare.connection,
+              result: spare.result,
+              protocolVersion: spare.protocolVersion,
+            }
           },
         }
         return warm
