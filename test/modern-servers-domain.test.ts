@@ -14,12 +14,14 @@ import {
 } from "../src/gateway/children/modernChild.js"
 import { decodeServersConfig } from "../src/gateway/config/serversConfig.js"
 import {
+  answerAsGiven,
   childState,
   fromModernChild,
   metaKey,
   namespacedState,
-  returnInputRequired,
+  tasksExtension,
   toModernChild,
+  toTaskOwner,
 } from "../src/gateway/hub/modern.js"
 
 const answer = (result: unknown) => ({ jsonrpc: "2.0" as const, id: 1, result })
@@ -176,12 +178,45 @@ describe("input_required from a modern child to a 2026 client", () => {
     }
     const sent = toModernChild("s", request)
     expect(sent).toMatchObject({
-      params: { name: "t", requestState: "abc", _meta: { [returnInputRequired]: true } },
+      params: { name: "t", requestState: "abc", _meta: { [answerAsGiven]: true } },
     })
     expect(toModernChild("s", { ...request, params: { requestState: "other:abc" } })).toMatch(
       /not given by server 's'/,
     )
     expect(toModernChild("s", { ...request, params: { requestState: 5 } })).toMatch(/Invalid params/)
+  })
+})
+
+describe("task ids of the tasks extension", () => {
+  it("are namespaced by server in task handles and task states", () => {
+    expect(
+      fromModernChild("s", answer({ resultType: "task", taskId: "t1", status: "working" })).result,
+    ).toEqual({
+      resultType: "task",
+      taskId: "s:t1",
+      status: "working",
+    })
+    expect(fromModernChild("s", answer({ task: { taskId: "t1" } })).result).toEqual({
+      task: { taskId: "s:t1" },
+    })
+  })
+
+  it("route a task request to the server whose task it is, with its own id", () => {
+    const request = { jsonrpc: "2.0" as const, id: 4, method: "tasks/get", params: { taskId: "b:t1" } }
+    expect(toTaskOwner(["a", "b"], request)).toEqual({
+      server: "b",
+      request: { ...request, params: { taskId: "t1", _meta: { [answerAsGiven]: true } } },
+    })
+    expect(toTaskOwner(["a"], request)).toMatch(/unknown task b:t1/)
+    expect(toTaskOwner(["a"], { ...request, params: {} })).toMatch(/taskId is missing/)
+  })
+
+  it("are offered to a modern child only when the client declared the extension", () => {
+    const extension = { [tasksExtension]: {} }
+    expect(relayableCapabilities({ extensions: { ...extension, other: {} } })).toEqual({
+      extensions: extension,
+    })
+    expect(relayableCapabilities({ tasks: {} })).toEqual({})
   })
 })
 

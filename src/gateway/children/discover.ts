@@ -6,7 +6,7 @@
  */
 import { isObject, type JsonObject, type JsonRpcResponse } from "../../shared/jsonRpc.js"
 import { handshakeVersions } from "../hub/mcp.js"
-import { metaKey, modernErrorCode, modernVersion } from "../hub/modern.js"
+import { metaKey, modernErrorCode, modernVersion, tasksExtension } from "../hub/modern.js"
 
 /** What the probe found. */
 export type ProbeVerdict =
@@ -68,13 +68,18 @@ export const refusedVersions = (response: JsonRpcResponse): ReadonlyArray<string
 /**
  * The client capabilities the gateway can relay to a modern child (it turns the child's input
  * requests into requests to the client): sampling, elicitation and roots, as the client declared
- * them. An elicitation capability that names no mode means form (as in 2025-11-25); a 2026 server
+ * them, and the tasks extension. An elicitation capability that names no mode means form (as in 2025-11-25); a 2026 server
  * checks for `form` before it asks.
  */
 export const relayableCapabilities = (capabilities: JsonObject): JsonObject => {
   const relayed: Record<string, unknown> = {}
   if (capabilities.sampling !== undefined) relayed.sampling = capabilities.sampling
   if (capabilities.roots !== undefined) relayed.roots = capabilities.roots
+  // The tasks extension only a 2026 client declares: a modern child may answer it with task handles,
+  // which the gateway passes through (namespaced) to that client.
+  const extensions = capabilities.extensions
+  if (isObject(extensions) && extensions[tasksExtension] !== undefined)
+    relayed.extensions = { [tasksExtension]: extensions[tasksExtension] }
   const elicitation = capabilities.elicitation
   if (isObject(elicitation)) {
     relayed.elicitation =

@@ -29,7 +29,7 @@ import {
   parsedResponse,
 } from "../../shared/jsonRpc.js"
 import { UpstreamError } from "../errors.js"
-import { callOwner, metaKey, modernVersion, returnInputRequired } from "../hub/modern.js"
+import { answerAsGiven, callOwner, metaKey, modernVersion } from "../hub/modern.js"
 import { relayableCapabilities } from "./discover.js"
 import type { CallOutcome } from "./pendingCalls.js"
 import { type ChildMessage, requestThrough, type UpstreamConnection } from "./Upstream.js"
@@ -187,14 +187,14 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
    */
   const converse = (marked: JsonRpcRequest, done: (outcome: CallOutcome) => void) => {
     const meta = marked.params?._meta
-    const returnsInput = isObject(meta) && meta[returnInputRequired] === true
+    const asGiven = isObject(meta) && meta[answerAsGiven] === true
     // The gateway's own marks are read here and never reach the child.
     const owner = isObject(meta) ? meta[callOwner] : undefined
     const request =
-      isObject(meta) && (returnsInput || owner !== undefined)
+      isObject(meta) && (asGiven || owner !== undefined)
         ? {
             ...marked,
-            params: { ...marked.params, _meta: withoutKey(withoutKey(meta, returnInputRequired), callOwner) },
+            params: { ...marked.params, _meta: withoutKey(withoutKey(meta, answerAsGiven), callOwner) },
           }
         : marked
     let over = false
@@ -224,10 +224,9 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
         if (outcome instanceof UpstreamError) return finish(outcome)
         const response = parsedResponse(outcome)
         const result = response.result
-        if (isObject(result) && result.resultType === "input_required") {
-          if (returnsInput) return finish(response)
-          return ask(params, result)
-        }
+        // A 2026 client's call gets the answer as the child gave it (input_required, a task handle).
+        if (asGiven) return finish(response)
+        if (isObject(result) && result.resultType === "input_required") return ask(params, result)
         finish(toLegacyResponse(response))
       })
     }

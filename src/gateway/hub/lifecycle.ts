@@ -14,16 +14,24 @@ import type { Forward } from "./forward.js"
 import { latestHandshakeVersion, negotiateVersion } from "./mcp.js"
 import {
   discoverResult,
+  fromModernChild,
   legacyOnlyMethods,
   modernVersion,
   modernVersions,
   readEnvelope,
+  taskMethods,
   toModernResponse,
+  toTaskOwner,
   unsupportedVersion,
   withoutEnvelope,
 } from "./modern.js"
 import type { SessionProtocol } from "./protocol.js"
-import { invalidParams, ok, optionalParams, type Routed } from "./types.js"
+import { invalidParams, ok, optionalParams, type Routed, stringParam } from "./types.js"
+
+const withoutEnvelopeRequest = (request: JsonRpcRequest): JsonRpcRequest => ({
+  ...request,
+  ...optionalParams(withoutEnvelope(request.params)),
+})
 
 const serverInfo = { name: "mcp-ssh", title: "mcp-ssh gateway", version }
 const unknownClient = { name: "unknown", version: "0" }
@@ -90,6 +98,22 @@ export const makeLifecycle = (parts: LifecycleParts) =>
         ),
       )
 
+    /** A task of the tasks extension: only a modern child gives a 2026 client task ids (namespaced). */
+    const routeTask = (request: JsonRpcRequest) =>
+      Effect.gen(function* () {
+        const modernChildren = children.all
+          .map((child) => child.server.name)
+          .filter((name) => children.ready(name)?.protocolVersion === modernVersion)
+        const owner = toTaskOwner(modernChildren, withoutEnvelopeRequest(request))
+        if (typeof owner === "string") return invalidParams(request.id, owner)
+        const response = yield* parts.forward(owner.server, owner.request)
+        return {
+          response: fromModernChild(owner.server, response),
+          server: owner.server,
+          target: stringParam(request.params, "taskId"),
+        } satisfies Routed
+      })
+
     /** A request of a client that speaks 2026-07-28: checked envelope, then the same dispatch. */
     const routeModern = (request: JsonRpcRequest, envelope: ReturnType<typeof readEnvelope>) =>
       Effect.gen(function* () {
@@ -136,6 +160,7 @@ export const makeLifecycle = (parts: LifecycleParts) =>
             response: errorResponse(request.id, { code: ErrorCode.MethodNotFound, message }),
           } satisfies Routed
         }
+        if (taskMethods.includes(request.method)) return yield* routeTask(request)
         if (request.method === "subscriptions/listen") {
           return yield* feed.listen(request, children.mergedView().capabilities, subscribeAtOwner)
         }

@@ -85,16 +85,14 @@ const cacheableMethods: ReadonlyArray<string> = [
 /** Methods whose result may be `input_required`. */
 export const interactiveMethods: ReadonlyArray<string> = ["tools/call", "prompts/get", "resources/read"]
 
-/** Requests that do not exist in 2026. */
+/** Requests that do not exist in 2026 (tasks/get and tasks/cancel do, in the tasks extension). */
 export const legacyOnlyMethods: ReadonlyArray<string> = [
   "ping",
   "logging/setLevel",
   "resources/subscribe",
   "resources/unsubscribe",
-  "tasks/get",
   "tasks/list",
   "tasks/result",
-  "tasks/cancel",
 ]
 
 const dropTaskExecution = (tools: unknown): unknown =>
@@ -229,10 +227,11 @@ export const childState = (server: string, state: string): string | undefined =>
   state.startsWith(`${server}:`) ? state.slice(server.length + 1) : undefined
 
 /**
- * The `_meta` key by which the Hub asks a modern child's connection to give an input_required result
- * back as it is (a 2026 client answers it) instead of asking the client itself. Never leaves the gateway.
+ * The `_meta` key by which the Hub asks a modern child's connection to give the answer back as the
+ * child gave it (a 2026 client's call: input_required, a task handle, resultType), instead of asking
+ * the client itself and dressing the answer as a 2025 child's. Never leaves the gateway.
  */
-export const returnInputRequired = "mcp-ssh/returnInputRequired"
+export const answerAsGiven = "mcp-ssh/answerAsGiven"
 
 /**
  * A 2026 client's interactive request on its way to a modern child: marked so the child's
@@ -250,17 +249,51 @@ export const toModernChild = (server: string, request: JsonRpcRequest): JsonRpcR
     params: {
       ...params,
       ...(typeof state === "string" ? { requestState: childState(server, state) } : {}),
-      _meta: { ...meta, [returnInputRequired]: true },
+      _meta: { ...meta, [answerAsGiven]: true },
     },
   }
 }
 
-/** A modern child's answer to a 2026 client: an input_required result's requestState namespaced. */
+/**
+ * A modern child's answer to a 2026 client: an input_required result's requestState and the task ids
+ * of the tasks extension (a task handle, a task's state) namespaced by server.
+ */
 export const fromModernChild = (server: string, response: JsonRpcResponse): JsonRpcResponse => {
   const result = response.result
-  if (!isObject(result) || result.resultType !== "input_required" || typeof result.requestState !== "string")
-    return response
-  return { ...response, result: { ...result, requestState: namespacedState(server, result.requestState) } }
+  if (!isObject(result)) return response
+  const namespaced: Record<string, unknown> = { ...result }
+  if (result.resultType === "input_required" && typeof result.requestState === "string")
+    namespaced.requestState = namespacedState(server, result.requestState)
+  if (typeof result.taskId === "string") namespaced.taskId = namespacedState(server, result.taskId)
+  const task = result.task
+  if (isObject(task) && typeof task.taskId === "string")
+    namespaced.task = { ...task, taskId: namespacedState(server, task.taskId) }
+  return { ...response, result: namespaced }
+}
+
+/** The tasks extension of 2026-07-28: its identifier, and its requests, which name a task by id. */
+export const tasksExtension = "io.modelcontextprotocol/tasks"
+export const taskMethods: ReadonlyArray<string> = ["tasks/get", "tasks/update", "tasks/cancel"]
+
+/**
+ * A 2026 client's task request on its way to the modern child whose task it names: the child's own
+ * task id, and the mark to answer as given. A string says why it cannot go.
+ */
+export const toTaskOwner = (
+  servers: ReadonlyArray<string>,
+  request: JsonRpcRequest,
+): { readonly server: string; readonly request: JsonRpcRequest } | string => {
+  const taskId = request.params?.taskId
+  if (typeof taskId !== "string") return "Invalid params: taskId is missing"
+  const server = servers.find((name) => childState(name, taskId) !== undefined)
+  const own = server === undefined ? undefined : childState(server, taskId)
+  if (server === undefined || own === undefined) return `Invalid params: unknown task ${taskId}`
+  const params = request.params ?? {}
+  const meta = isObject(params._meta) ? params._meta : {}
+  return {
+    server,
+    request: { ...request, params: { ...params, taskId: own, _meta: { ...meta, [answerAsGiven]: true } } },
+  }
 }
 
 /**
