@@ -137,6 +137,8 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
   /** The URIs subscribed, and the one listen at the child that carries them. */
   const uris = new Set<string>()
   let listen: { cancel: () => void } | undefined
+  /** Set once the child drains before it stops: no listen is opened again. */
+  let draining = false
   let ackWaiters: Array<() => void> = []
   const acknowledged = () => {
     const waiters = ackWaiters
@@ -154,7 +156,7 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
       filter.resourceSubscriptions.length > 0
     listen?.cancel()
     listen = undefined
-    if (!wanted) {
+    if (!wanted || draining) {
       then()
       return
     }
@@ -338,7 +340,15 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
     request: requestThrough(call),
     send,
     exited: raw.exited,
-    drain: raw.drain,
+    // The listen never ends on its own: the drain waits only for the calls.
+    drain: (within, reason) =>
+      Effect.suspend(() => {
+        draining = true
+        listen?.cancel()
+        listen = undefined
+        acknowledged()
+        return raw.drain(within, reason)
+      }),
   }
 
   const fromChild = (message: ChildMessage): Effect.Effect<void> => {

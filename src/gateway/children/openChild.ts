@@ -79,8 +79,8 @@ export const openChild = (options: OpenChildOptions) =>
             }),
           )
         const offered = refusedVersions(response)
-        if (offered?.includes(modernVersion))
-          return yield* failed(server.name, `refused initialize: it speaks only MCP ${offered.join(", ")}`)
+        // A modern server that was slow to answer server/discover: the caller may probe it again.
+        if (offered?.includes(modernVersion)) return "offers modern" as const
         if (offered !== undefined)
           return yield* new ChildLeftOut({ server: server.name, reason: describeOffered(offered) })
         const result = response.result
@@ -102,12 +102,13 @@ export const openChild = (options: OpenChildOptions) =>
     const probe = (
       connection: UpstreamConnection,
       handshake: ClientHandshake,
+      within: Duration.Duration,
     ): Effect.Effect<ProbeVerdict | "exited"> =>
       connection
         .request(discoverRequest(relayableCapabilities(handshake.capabilities), handshake.clientInfo))
         .pipe(
           Effect.map(classifyDiscover),
-          Effect.timeout(Duration.millis(Math.min(probeMillis, Duration.toMillis(options.startupTimeout)))),
+          Effect.timeout(within),
           Effect.catchTags({
             TimeoutException: () =>
               Effect.succeed<ProbeVerdict>({ _tag: "Legacy", why: "it did not answer server/discover" }),
@@ -145,15 +146,29 @@ export const openChild = (options: OpenChildOptions) =>
         } satisfies OpenedChild
       })
 
+    /** initialize, where the child is known to want it: a refusal that offers 2026-07-28 is an error. */
+    const initializeOnly = (connection: UpstreamConnection) =>
+      Effect.flatMap(initialize(connection), (opened) =>
+        opened === "offers modern"
+          ? failed(server.name, `refused initialize: it speaks only MCP ${modernVersion}`)
+          : Effect.succeed(opened),
+      )
+
     const mode = server.protocol ?? "auto"
     if (mode === "2025-11-25" || (mode === "auto" && options.memory.legacyOnly(server))) {
       const { connection } = yield* startProcess(lifeScope)
-      return yield* initialize(connection)
+      return yield* initializeOnly(connection)
     }
+    // A pinned modern server gets the whole startup time; auto only a short one (a legacy server
+    // that ignores the probe should not hold up the start).
+    const probeTime =
+      mode === "2026-07-28"
+        ? options.startupTimeout
+        : Duration.millis(Math.min(probeMillis, Duration.toMillis(options.startupTimeout)))
     // The probe's process is closed early if it exited on the probe, else it lives with the life.
     const probeScope = yield* Scope.fork(lifeScope, ExecutionStrategy.sequential)
     const started = yield* startProcess(probeScope)
-    const verdict = yield* probe(started.connection, yield* options.handshake)
+    const verdict = yield* probe(started.connection, yield* options.handshake, probeTime)
     if (verdict === "exited") {
       yield* Scope.close(probeScope, Exit.void)
       if (mode === "2026-07-28") return yield* failed(server.name, "exited on server/discover")
@@ -162,7 +177,7 @@ export const openChild = (options: OpenChildOptions) =>
         `server '${server.name}' exited on server/discover: restarted, and spoken to with initialize from now on`,
       )
       const { connection } = yield* startProcess(lifeScope)
-      return yield* initialize(connection)
+      return yield* initializeOnly(connection)
     }
     switch (verdict._tag) {
       case "Modern":
@@ -176,7 +191,19 @@ export const openChild = (options: OpenChildOptions) =>
             server.name,
             `does not speak MCP ${modernVersion} (protocol in the config): ${verdict.why}`,
           )
-        yield* Effect.logDebug(`server '${server.name}' speaks the initialize handshake: ${verdict.why}`)
-        return yield* initialize(started.connection)
+        {
+          yield* Effect.logDebug(`server '${server.name}' speaks the initialize handshake: ${verdict.why}`)
+          const opened = yield* initialize(started.connection)
+          if (opened !== "offers modern") return opened
+          // It refused initialize for 2026-07-28: it was only slow to answer the probe. Ask again.
+          const handshake = yield* options.handshake
+          const again = yield* probe(started.connection, handshake, options.startupTimeout)
+          if (again !== "exited" && again._tag === "Modern")
+            return yield* modern(started, again.discover, handshake)
+          return yield* failed(
+            server.name,
+            `refused initialize for MCP ${modernVersion}, and server/discover too`,
+          )
+        }
     }
   })
