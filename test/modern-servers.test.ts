@@ -14,7 +14,7 @@ import {
   type ServerEntry,
   startGateway,
 } from "./support/gateway.js"
-import { ChannelTransport, connect, openChannel } from "./support/ssh.js"
+import { ChannelTransport, connect, openChannel, openSession } from "./support/ssh.js"
 
 type Generation = "2025-11-25" | "2026-07-28"
 
@@ -33,6 +33,7 @@ beforeAll(async () => {
       mini: node("mini-server.mjs"),
       dies: node("mini-server.mjs", "exit-before-initialize"),
       future: node("modern-only-server.mjs", "future"),
+      pinned: { ...node("mini-server.mjs"), protocol: "2026-07-28" },
     },
   })
   gateways.shared = await startGateway({
@@ -261,5 +262,63 @@ describe("one session with a modern-only server and others", () => {
     await session.close()
     const line = await gateway.waitForLog(/server 'future' is left out/)
     expect(line).toContain("2099-01-01")
+  })
+})
+
+describe("a 2026 client's input_required from a modern server, on the wire", () => {
+  const envelope = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": { elicitation: { form: {} } },
+    "io.modelcontextprotocol/clientInfo": { name: "raw", version: "1" },
+  }
+
+  it("comes as the server gave it, its requestState prefixed with the server's name", async () => {
+    const gateway = gateways.session
+    if (gateway === undefined) throw new Error("no gateway")
+    const channel = await openSession(gateway, "modern,both")
+    const first = await channel.request(1, "tools/call", {
+      name: "modern__ask",
+      arguments: {},
+      _meta: envelope,
+    })
+    expect(first.result).toMatchObject({
+      resultType: "input_required",
+      requestState: "modern:ask-1",
+      inputRequests: { name: { method: "elicitation/create" } },
+    })
+    const retried = await channel.request(2, "tools/call", {
+      name: "modern__ask",
+      arguments: {},
+      requestState: "modern:ask-1",
+      inputResponses: { name: { action: "accept", content: { name: "Cy" } } },
+      _meta: envelope,
+    })
+    expect(retried.result).toMatchObject({
+      resultType: "complete",
+      content: [{ type: "text", text: "hello Cy (ask-1)" }],
+    })
+    // A requestState another server gave is not this one's to take.
+    const foreign = await channel.request(3, "tools/call", {
+      name: "modern__ask",
+      arguments: {},
+      requestState: "both:ask-1",
+      inputResponses: {},
+      _meta: envelope,
+    })
+    expect(foreign.error).toMatchObject({
+      code: -32602,
+      message: expect.stringContaining("not given by server 'modern'"),
+    })
+    channel.channel.end()
+  })
+
+  it("a server pinned to 2026-07-28 that does not speak it is down, with the reason", async () => {
+    const gateway = gateways.session
+    if (gateway === undefined) throw new Error("no gateway")
+    const channel = await openSession(gateway, "pinned")
+    await channel.initialize("2025-11-25")
+    const call = await channel.request(2, "tools/call", { name: "pinned__echo", arguments: { message: "x" } })
+    expect(JSON.stringify(call.error)).toMatch(/does not speak MCP 2026-07-28/)
+    channel.channel.end()
   })
 })
