@@ -8,12 +8,13 @@ import { makeModernChild } from "../src/gateway/children/modernChild.js"
 import type { CallOutcome } from "../src/gateway/children/pendingCalls.js"
 import type { ChildMessage, UpstreamConnection } from "../src/gateway/children/Upstream.js"
 import { requestThrough } from "../src/gateway/children/Upstream.js"
-import type { UpstreamError } from "../src/gateway/errors.js"
-import type {
-  JsonRpcNotification,
-  JsonRpcRequest,
-  JsonRpcResponse,
-  OutgoingResponse,
+import { UpstreamError } from "../src/gateway/errors.js"
+import {
+  ErrorCode,
+  type JsonRpcNotification,
+  type JsonRpcRequest,
+  type JsonRpcResponse,
+  type OutgoingResponse,
 } from "../src/shared/jsonRpc.js"
 
 interface Sent {
@@ -213,5 +214,16 @@ describe("a modern child's connection", () => {
     expect(delivered).toEqual([
       { jsonrpc: "2.0", method: "notifications/resources/updated", params: { uri: "a://1" } },
     ])
+  })
+
+  it("opens the listen again after the gateway's deadline, and not after the child closed it", () => {
+    const { sent } = start({ tools: { listChanged: true } })
+    sent[0]?.done(new UpstreamError({ server: "m", code: ErrorCode.RequestTimeout, reason: "timed out" }))
+    expect(sent.map((entry) => entry.request.method)).toEqual([
+      "subscriptions/listen",
+      "subscriptions/listen",
+    ])
+    sent[1]?.done(complete("listen", {}))
+    expect(sent).toHaveLength(2)
   })
 })

@@ -173,12 +173,10 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
       (outcome) => {
         if (listen !== current) return
         listen = undefined
-        // The child went away (the next life listens anew) or refuses to listen: nothing to wait for.
-        const gone = outcome instanceof UpstreamError && outcome.code === ErrorCode.ServerUnavailable
-        const refused = !(outcome instanceof UpstreamError) && parsedResponse(outcome).error !== undefined
-        if (gone || refused) acknowledged()
-        // A listen that ended otherwise (the request deadline) is opened again.
-        else relisten(() => {})
+        // Only the gateway's own deadline ends a listen that should go on: it is opened again. The
+        // child's exit (the next life listens anew), a refusal or the child's own close end it.
+        if (outcome instanceof UpstreamError && outcome.code === ErrorCode.RequestTimeout) relisten(() => {})
+        else acknowledged()
       },
     )
   }
