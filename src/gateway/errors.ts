@@ -44,6 +44,8 @@ export class UpstreamError extends Data.TaggedError("UpstreamError")<{
 export class ChildLeftOut extends Data.TaggedError("ChildLeftOut")<{
   readonly server: string
   readonly reason: string
+  /** Found out before (no process was started this time): not worth another ERROR line. */
+  readonly known?: boolean
 }> {
   override get message(): string {
     return `server '${this.server}' is left out: ${this.reason}`

@@ -197,15 +197,21 @@ export const CatalogLive = Layer.effect(
         servers,
         (server) =>
           probe(upstream, memory, server, { maxLineBytes: config.settings.maxLineBytes, timeout }).pipe(
+            // A server left out is said once, here; sessions do not start it.
+            Effect.tapErrorTag("ChildLeftOut", (leftOut) =>
+              Effect.logError(`${leftOut.message}; the other servers go on without it`),
+            ),
             Effect.mapError((error) =>
               error._tag === "TimeoutException"
                 ? `no answer within ${Duration.format(timeout)}`
                 : error.message,
             ),
             Effect.tapError((reason) =>
-              Effect.logWarning(
-                `could not probe server '${server.name}' (${reason}); it is still tried for each session`,
-              ),
+              memory.leftOut(server) !== undefined
+                ? Effect.void
+                : Effect.logWarning(
+                    `could not probe server '${server.name}' (${reason}); it is still tried for each session`,
+                  ),
             ),
             Effect.either,
             Effect.map((outcome) => [server.name, outcome] as const),

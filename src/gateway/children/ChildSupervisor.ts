@@ -215,7 +215,8 @@ export const superviseChild = (
           Effect.either,
         )
         if (outcome._tag === "Right" && outcome.right instanceof ChildLeftOut) {
-          yield* log(Effect.logError(`${outcome.right.message}; the other servers go on without it`))
+          const line = `${outcome.right.message}; the other servers go on without it`
+          yield* log(outcome.right.known === true ? Effect.logDebug(line) : Effect.logError(line))
           readySince = undefined
           return yield* setState({
             _tag: "Down",

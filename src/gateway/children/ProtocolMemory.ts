@@ -1,8 +1,9 @@
 /**
  * What the gateway learnt about a server's protocol that outlives one child: a server whose child
  * exited on `server/discover` (a legacy server that dies on any request before initialize) is spoken
- * to with initialize from then on, in every session, without probing it again. Keyed by what the
- * child is started with, so a reload that changes the server probes the new version afresh.
+ * to with initialize from then on, in every session, without probing it again; one that speaks no
+ * version the gateway speaks is not started again. Keyed by what the child is started with, so a
+ * reload that changes the server probes the new version afresh.
  */
 import { Context, Layer } from "effect"
 import type { ChildServer } from "../config/GatewayConfig.js"
@@ -10,6 +11,9 @@ import type { ChildServer } from "../config/GatewayConfig.js"
 export interface ProtocolMemoryShape {
   readonly legacyOnly: (server: ChildServer) => boolean
   readonly rememberLegacy: (server: ChildServer) => void
+  /** Why the server is left out, if it is. */
+  readonly leftOut: (server: ChildServer) => string | undefined
+  readonly rememberLeftOut: (server: ChildServer, reason: string) => void
 }
 
 export class ProtocolMemory extends Context.Tag("mcp-ssh/ProtocolMemory")<
@@ -22,10 +26,15 @@ const keyOf = (server: ChildServer) =>
 
 export const makeProtocolMemory = (): ProtocolMemoryShape => {
   const legacy = new Set<string>()
+  const leftOut = new Map<string, string>()
   return {
     legacyOnly: (server) => legacy.has(keyOf(server)),
     rememberLegacy: (server) => {
       legacy.add(keyOf(server))
+    },
+    leftOut: (server) => leftOut.get(keyOf(server)),
+    rememberLeftOut: (server, reason) => {
+      leftOut.set(keyOf(server), reason)
     },
   }
 }

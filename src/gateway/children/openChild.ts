@@ -81,8 +81,7 @@ export const openChild = (options: OpenChildOptions) =>
         const offered = refusedVersions(response)
         // A modern server that was slow to answer server/discover: the caller may probe it again.
         if (offered?.includes(modernVersion)) return "offers modern" as const
-        if (offered !== undefined)
-          return yield* new ChildLeftOut({ server: server.name, reason: describeOffered(offered) })
+        if (offered !== undefined) return yield* leaveOut(describeOffered(offered))
         const result = response.result
         if (response.error !== undefined || !isObject(result)) {
           return yield* failed(
@@ -155,6 +154,15 @@ export const openChild = (options: OpenChildOptions) =>
       )
 
     const mode = server.protocol ?? "auto"
+    const known = options.memory.leftOut(server)
+    if (known !== undefined)
+      return yield* new ChildLeftOut({ server: server.name, reason: known, known: true })
+    /** A child that speaks none of the gateway's versions: remembered, so it is not started again. */
+    const leaveOut = (reason: string) =>
+      Effect.suspend(() => {
+        options.memory.rememberLeftOut(server, reason)
+        return new ChildLeftOut({ server: server.name, reason })
+      })
     if (mode === "2025-11-25" || (mode === "auto" && options.memory.legacyOnly(server))) {
       const { connection } = yield* startProcess(lifeScope)
       return yield* initializeOnly(connection)
@@ -184,7 +192,7 @@ export const openChild = (options: OpenChildOptions) =>
         return yield* modern(started, verdict.discover, yield* options.handshake)
       case "Unsupported":
         yield* Scope.close(probeScope, Exit.void)
-        return yield* new ChildLeftOut({ server: server.name, reason: describeOffered(verdict.offered) })
+        return yield* leaveOut(describeOffered(verdict.offered))
       case "Legacy":
         if (mode === "2026-07-28")
           return yield* failed(
