@@ -8,6 +8,9 @@ import { isObject, type JsonObject, type JsonRpcResponse } from "../../shared/js
 import { handshakeVersions } from "../hub/mcp.js"
 import { metaKey, modernErrorCode, modernVersion, tasksExtension } from "../hub/modern.js"
 
+/** The versions of the initialize handshake the gateway speaks. */
+const legacyVersions: ReadonlyArray<string> = handshakeVersions
+
 /** What the probe found. */
 export type ProbeVerdict =
   | { readonly _tag: "Modern"; readonly discover: JsonObject }
@@ -44,7 +47,7 @@ export const classifyDiscover = (response: JsonRpcResponse): ProbeVerdict => {
     // A -32022 without a list says nothing about modern support: the SDKs take it for legacy.
     if (offered === undefined) return { _tag: "Legacy", why: "it refused server/discover (-32022)" }
     if (offered.includes(modernVersion)) return { _tag: "Legacy", why: "it refused its own version" }
-    if (offered.some((version) => (handshakeVersions as ReadonlyArray<string>).includes(version)))
+    if (offered.some((version) => legacyVersions.includes(version)))
       return { _tag: "Legacy", why: `it offers ${offered.join(", ")}` }
     return { _tag: "Unsupported", offered }
   }
@@ -53,7 +56,7 @@ export const classifyDiscover = (response: JsonRpcResponse): ProbeVerdict => {
   if (result === undefined || offered === undefined)
     return { _tag: "Legacy", why: "its answer to server/discover is not a discover result" }
   if (offered.includes(modernVersion)) return { _tag: "Modern", discover: result }
-  if (offered.some((version) => (handshakeVersions as ReadonlyArray<string>).includes(version)))
+  if (offered.some((version) => legacyVersions.includes(version)))
     return { _tag: "Legacy", why: `it offers ${offered.join(", ")}` }
   return { _tag: "Unsupported", offered }
 }
@@ -91,4 +94,4 @@ export const relayableCapabilities = (capabilities: JsonObject): JsonObject => {
 }
 
 export const describeOffered = (offered: ReadonlyArray<string>) =>
-  `it speaks only MCP ${offered.join(", ") || "(no version named)"}, and mcp-ssh speaks ${[modernVersion, ...handshakeVersions].join(", ")}`
+  `it speaks only MCP ${offered.join(", ") || "(no version named)"}, and mcp-ssh speaks ${[modernVersion, ...legacyVersions].join(", ")}`

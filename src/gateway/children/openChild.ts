@@ -63,6 +63,13 @@ export const openChild = (options: OpenChildOptions) =>
         return { connection, target }
       })
 
+    /** A child that speaks none of the gateway's versions: remembered, so it is not started again. */
+    const leaveOut = (reason: string) =>
+      Effect.suspend(() => {
+        options.memory.rememberLeftOut(server, reason)
+        return new ChildLeftOut({ server: server.name, reason })
+      })
+
     const initialize = (connection: UpstreamConnection) =>
       Effect.gen(function* () {
         const handshake = yield* options.handshake
@@ -157,12 +164,6 @@ export const openChild = (options: OpenChildOptions) =>
     const known = options.memory.leftOut(server)
     if (known !== undefined)
       return yield* new ChildLeftOut({ server: server.name, reason: known, known: true })
-    /** A child that speaks none of the gateway's versions: remembered, so it is not started again. */
-    const leaveOut = (reason: string) =>
-      Effect.suspend(() => {
-        options.memory.rememberLeftOut(server, reason)
-        return new ChildLeftOut({ server: server.name, reason })
-      })
     if (mode === "2025-11-25" || (mode === "auto" && options.memory.legacyOnly(server))) {
       const { connection } = yield* startProcess(lifeScope)
       return yield* initializeOnly(connection)
