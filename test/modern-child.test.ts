@@ -3,7 +3,7 @@
  * sends the child, what it answers itself, and how an input_required becomes requests and a retry.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import { makeModernChild } from "../src/gateway/children/modernChild.js"
 import type { CallOutcome } from "../src/gateway/children/pendingCalls.js"
 import type { ChildMessage, UpstreamConnection } from "../src/gateway/children/Upstream.js"
@@ -225,5 +225,23 @@ describe("a modern child's connection", () => {
     ])
     sent[1]?.done(complete("listen", {}))
     expect(sent).toHaveLength(2)
+  })
+
+  it("ends its listen when it drains, so a reload waits only for the calls", () => {
+    const { modern, sent } = start({ tools: { listChanged: true } })
+    const reason = new UpstreamError({
+      server: "m",
+      code: ErrorCode.ServerUnavailable,
+      reason: "was removed",
+    })
+    Effect.runSync(modern.connection.drain(Duration.seconds(1), reason))
+    expect(sent[0]?.cancelled).toBe(true)
+    const { got, done } = outcomes()
+    modern.connection.call(
+      { jsonrpc: "2.0", id: 12, method: "resources/subscribe", params: { uri: "a://1" } },
+      done,
+    )
+    expect(got).toEqual([complete(12, {})])
+    expect(sent).toHaveLength(1)
   })
 })
