@@ -13,6 +13,7 @@ import {
   type JsonObject,
   type JsonRpcResponse,
 } from "../../shared/jsonRpc.js"
+import { openGate } from "../../shared/streams.js"
 import { version } from "../../shared/version.js"
 import type { AccessPolicy } from "../access/accessConfig.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
@@ -104,7 +105,7 @@ const probe = (
       stopTimeout: Duration.seconds(1),
       requestTimeout: options.timeout,
       // Nobody reads the probe's output but the probe itself.
-      outputReady: Effect.void,
+      outputReady: openGate,
       // Nobody is there to answer a request the server makes during the probe.
       onMessage: (connection, message) =>
         isRequest(message)

@@ -8,6 +8,7 @@
  */
 import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { ErrorCode } from "../../shared/jsonRpc.js"
+import { openGate } from "../../shared/streams.js"
 import { version } from "../../shared/version.js"
 import { type ChildServer, GatewayConfig, resolveIdentity, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
@@ -106,7 +107,7 @@ export const SharedChildrenLive = Layer.scoped(
               stopTimeout: Duration.seconds(settings.childStopTimeout),
               startupTimeout: Duration.seconds(settings.startupTimeout),
               // One slow client must not stall the others: the child is read as fast as it writes.
-              outputReady: Effect.void,
+              outputReady: openGate,
               scope: sharing.scope,
               budget,
               ...(identity === undefined ? {} : { owner: identity }),

@@ -8,6 +8,7 @@
  */
 import { Context, Duration, Effect, ExecutionStrategy, Exit, Layer, Scope, Stream } from "effect"
 import { ErrorCode, errorResponse, isObject, isRequest, type JsonObject } from "../../shared/jsonRpc.js"
+import { type OutputGate, openGate } from "../../shared/streams.js"
 import { version } from "../../shared/version.js"
 import { type ChildServer, GatewayConfig, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
@@ -35,7 +36,7 @@ interface Spare {
   /** Where its messages go and what its output waits on: the service's until a session adopts it. */
   readonly target: {
     onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>
-    outputReady: Effect.Effect<void>
+    outputReady: OutputGate
   }
 }
 
@@ -70,12 +71,12 @@ export const SparesLive = Layer.scoped(
         const scope = yield* Scope.fork(serviceScope, ExecutionStrategy.sequential)
         const started = yield* Effect.gen(function* () {
           yield* budget.take(undefined)
-          const target: Spare["target"] = { onMessage: idle, outputReady: Effect.void }
+          const target: Spare["target"] = { onMessage: idle, outputReady: openGate }
           const connection = yield* upstream.start(server, {
             maxLineBytes: settings.maxLineBytes,
             stopTimeout: Duration.seconds(settings.childStopTimeout),
             requestTimeout: Duration.seconds(server.requestTimeout),
-            outputReady: Effect.suspend(() => target.outputReady),
+            outputReady: { wait: (resume) => target.outputReady.wait(resume) },
             onMessage: (connection, message) => target.onMessage(connection, message),
           })
           const response = yield* connection
