@@ -2,6 +2,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit } from "effect"
 import { makeChildBudget } from "../src/gateway/children/ChildBudget.js"
+import { leastBusy } from "../src/gateway/children/instancePool.js"
 import { logPasses, mostVerbose } from "../src/gateway/children/multiplex.js"
 import { decodeServersConfig, substituteIdentity } from "../src/gateway/config/serversConfig.js"
 
@@ -76,4 +77,13 @@ describe("the process budget", () => {
       expect(budget.running()).toBe(0)
     }),
   )
+})
+
+describe("instance routing", () => {
+  it("picks the instance with the fewest calls in flight, the first on a tie, none when none is ready", () => {
+    const load: Record<number, number> = { 0: 2, 1: 0, 2: 0 }
+    expect(leastBusy([0, 1, 2], (index) => load[index] ?? 0)).toBe(1)
+    expect(leastBusy([0, 2], (index) => load[index] ?? 0)).toBe(2)
+    expect(leastBusy([], () => 0)).toBeUndefined()
+  })
 })
