@@ -208,7 +208,13 @@ export const readFrames = <R>(
     const onData = (chunk: Buffer) => {
       const frames = framer.push(chunk)
       for (let index = 0; index < frames.length; index++) {
-        const effect = handle(frames[index] as Frame)
+        let effect: Handled<R>
+        try {
+          effect = handle(frames[index] as Frame)
+        } catch (defect) {
+          // A bug in a handler ends this reader as a defect, as it did in a fiber, not the process.
+          effect = Effect.die(defect)
+        }
         if (effect !== undefined) {
           stream.pause()
           backlog = { first: effect, frames, from: index + 1 }
@@ -224,6 +230,8 @@ export const readFrames = <R>(
     }
     const attach = Effect.sync(() => {
       stream.on("data", onData)
+      // A 'data' listener starts the flow only on a stream nobody paused.
+      if (!ended && stream.readableFlowing === false) stream.resume()
       stream.once("end", onEnd)
       stream.once("close", onEnd)
       stream.once("error", onEnd)
