@@ -102,22 +102,27 @@ export const makeSessionChildren = (
     const spares = options.spares
     /** A warm spare, whose requests for what this client cannot do are answered -32601. */
     const takeSpare = (from: SparesShape, server: ChildServer) =>
-      // Taken once the client's initialize is known: a client the spare does not fit gets its own child.
-      Deferred.await(handshake)
-        .pipe(Effect.flatMap((client) => (spareFits(client) ? from.take(server) : Effect.succeed(undefined))))
-        .pipe(
-          Effect.map((warm): WarmChild | undefined =>
-            warm === undefined
-              ? undefined
-              : {
-                  adopt: (onMessage, outputReady) =>
-                    warm.adopt(
-                      guardCapabilities(() => clientCapabilities, onMessage),
-                      outputReady,
-                    ),
-                },
-          ),
-        )
+      // Without a spare ready the child spawns at once, as ever. With one, it is taken once the
+      // client's initialize is known: a client the spare does not fit gets its own child.
+      Effect.suspend(() =>
+        from.ready(server.name) === 0
+          ? Effect.succeed(undefined)
+          : Deferred.await(handshake).pipe(
+              Effect.flatMap((client) => (spareFits(client) ? from.take(server) : Effect.succeed(undefined))),
+            ),
+      ).pipe(
+        Effect.map((warm): WarmChild | undefined =>
+          warm === undefined
+            ? undefined
+            : {
+                adopt: (onMessage, outputReady) =>
+                  warm.adopt(
+                    guardCapabilities(() => clientCapabilities, onMessage),
+                    outputReady,
+                  ),
+              },
+        ),
+      )
     const startChild = (server: ChildServer) =>
       Effect.gen(function* () {
         const scope = yield* Scope.fork(sessionScope, ExecutionStrategy.sequential)
