@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { type FakeServerScript, type FakeTool, startGateway, text } from "../support/inprocess/index.js"
+import { type FakeServerScript, type FakeTool, startGateway, text, toolNames } from "../support/inprocess/index.js"
 
 const echo: FakeTool = {
   name: "echo",
@@ -256,6 +256,10 @@ describe("shared scope", () => {
       expect(child.starts()).toBe(before + 2)
       yield* gateway.reload({ other: { tools: [echo] } })
       for (const client of [a, b]) {
+        // Each session follows the published config in its own fiber; once its view has lost the
+        // server, a call to it is a call to an unknown tool.
+        let id = 100
+        while ((yield* toolNames(client, id++)).includes("hub__echo")) yield* Effect.sleep("10 millis")
         const answer = yield* client.request(10, "tools/call", {
           name: "hub__echo",
           arguments: { message: "x" },
