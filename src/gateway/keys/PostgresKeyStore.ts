@@ -218,20 +218,23 @@ export const makePostgresKeyStore = Effect.gen(function* () {
       }),
     )
 
-  /** Follow the change feed, with the periodic backstop; failures are logged by resync itself. */
-  const follow = Effect.gen(function* () {
-    const changes = yield* database.changes
-    const onChange = Effect.forever(
-      Effect.gen(function* () {
-        yield* Queue.take(changes)
-        // A burst of notifications is one read.
-        yield* Queue.takeAll(changes)
-        yield* Effect.ignore(resync)
-      }),
-    )
-    const backstop = Effect.repeat(Effect.ignore(resync), Schedule.spaced(resyncInterval))
-    return yield* Effect.zipRight(Effect.all([onChange, backstop], { concurrency: 2 }), Effect.never)
-  })
+  /**
+   * Follow the change feed, with the periodic backstop; failures are logged by resync itself.
+   * `changes` is subscribed before the first read, so no change between the two goes unread.
+   */
+  const follow = (changes: Queue.Dequeue<void>) =>
+    Effect.gen(function* () {
+      const onChange = Effect.forever(
+        Effect.gen(function* () {
+          yield* Queue.take(changes)
+          // A burst of notifications is one read.
+          yield* Queue.takeAll(changes)
+          yield* Effect.ignore(resync)
+        }),
+      )
+      const backstop = Effect.repeat(Effect.ignore(resync), Schedule.spaced(resyncInterval))
+      return yield* Effect.zipRight(Effect.all([onChange, backstop], { concurrency: 2 }), Effect.never)
+    })
 
   return {
     store: {
@@ -262,8 +265,10 @@ export const makePostgresKeyStore = Effect.gen(function* () {
 export const PostgresKeyStoreLive = Layer.scoped(
   KeyStore,
   Effect.gen(function* () {
+    // Subscribed before the first read: a change notified while it runs is read again after it.
+    const changes = yield* Effect.flatMap(KeyDatabase, (database) => database.changes)
     const { store, follow } = yield* makePostgresKeyStore
-    yield* Effect.forkScoped(follow)
+    yield* Effect.forkScoped(follow(changes))
     return store
   }),
 )
