@@ -216,6 +216,24 @@ describe("a modern child's connection", () => {
     ])
   })
 
+  it("answers a subscribe whose listen was withdrawn before its acknowledgement", () => {
+    const { modern, sent } = start({ resources: { subscribe: true } })
+    expect(sent).toHaveLength(0)
+    const { got, done } = outcomes()
+    modern.connection.call(
+      { jsonrpc: "2.0", id: 13, method: "resources/subscribe", params: { uri: "a://1" } },
+      done,
+    )
+    expect(sent[0]?.request.method).toBe("subscriptions/listen")
+    // Unsubscribed before the child acknowledged: no listen is wanted any more, and both are answered.
+    modern.connection.call(
+      { jsonrpc: "2.0", id: 14, method: "resources/unsubscribe", params: { uri: "a://1" } },
+      done,
+    )
+    expect(sent[0]?.cancelled).toBe(true)
+    expect(got).toEqual([complete(13, {}), complete(14, {})])
+  })
+
   it("opens the listen again after the gateway's deadline, and not after the child closed it", () => {
     const { sent } = start({ tools: { listChanged: true } })
     sent[0]?.done(new UpstreamError({ server: "m", code: ErrorCode.RequestTimeout, reason: "timed out" }))

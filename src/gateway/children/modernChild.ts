@@ -157,7 +157,9 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
     listen?.cancel()
     listen = undefined
     if (!wanted || draining) {
-      then()
+      // No listen will acknowledge: those waiting on the one just withdrawn are answered too.
+      ackWaiters.push(then)
+      acknowledged()
       return
     }
     ackWaiters.push(then)
