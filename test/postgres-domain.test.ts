@@ -11,7 +11,12 @@ import { parseAuthorizedKeyLines } from "../src/gateway/identity/authorizedKeyOp
 import { isRevoked, noRevocations } from "../src/gateway/identity/krl.js"
 import { readStoredKeys } from "../src/gateway/keys/authorizedKeysFile.js"
 import { KeyDatabase, type KeyDatabaseShape } from "../src/gateway/keys/KeyDatabase.js"
-import { parseKeyStoreLocation, redactSecrets, redactUrl } from "../src/gateway/keys/keyStoreLocation.js"
+import {
+  parseKeyStoreLocation,
+  redactSecrets,
+  redactUrl,
+  urlSecrets,
+} from "../src/gateway/keys/keyStoreLocation.js"
 import { makePostgresKeyStore } from "../src/gateway/keys/PostgresKeyStore.js"
 import { classifyDatabaseError } from "../src/gateway/keys/postgresErrors.js"
 import {
@@ -65,6 +70,9 @@ describe("--key-store", () => {
     expect(message).toMatch(/^--key-store: .*names no database/)
     expect(message).not.toContain("s3cret")
     expect(redactSecrets("password s3cr@t or s3cr%40t", ["s3cr@t"])).toBe("password *** or ***")
+    // A password given as a query parameter is redacted from the driver's messages as well.
+    const secrets = urlSecrets("postgres://mcp@db/keys?sslmode=require&password=qu3ry%40pw")
+    expect(classifyDatabaseError(new Error("bad option qu3ry@pw"), secrets).reason).not.toContain("qu3ry")
   })
 
   it("defaults to the file", () => {

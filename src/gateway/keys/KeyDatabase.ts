@@ -26,7 +26,7 @@ import pg from "pg"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ConfigError, StoreError, StoreUnavailable } from "../errors.js"
 import { readTextIfExists } from "./files.js"
-import { type KeyStoreLocation, parseKeyStoreLocation, urlPassword } from "./keyStoreLocation.js"
+import { type KeyStoreLocation, parseKeyStoreLocation, urlSecrets } from "./keyStoreLocation.js"
 import { classifyDatabaseError } from "./postgresErrors.js"
 import { changeChannel, migrationLockKey, migrations, migrationsTable } from "./postgresMigrations.js"
 
@@ -110,7 +110,7 @@ export const makeKeyDatabase = (
       yield* Effect.logWarning(
         `the --key-store URL holds a password; prefer PGPASSWORD or --key-store-password-file (${shown})`,
       )
-    const secrets = [filePassword, urlPassword(location.url), process.env.PGPASSWORD]
+    const secrets = [filePassword, ...urlSecrets(location.url), process.env.PGPASSWORD]
     const connectionString = withPassword(location.url, filePassword)
     const replica = `${hostname()}:${process.pid}`
 
