@@ -4,13 +4,14 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect } from "effect"
-import { makeModernChild } from "../src/gateway/children/modernChild.js"
+import { makeModernChild, withClientCapabilities } from "../src/gateway/children/modernChild.js"
 import type { CallOutcome } from "../src/gateway/children/pendingCalls.js"
 import type { ChildMessage, UpstreamConnection } from "../src/gateway/children/Upstream.js"
 import { requestThrough } from "../src/gateway/children/Upstream.js"
 import { UpstreamError } from "../src/gateway/errors.js"
 import {
   ErrorCode,
+  isObject,
   type JsonRpcNotification,
   type JsonRpcRequest,
   type JsonRpcResponse,
@@ -232,6 +233,15 @@ describe("a modern child's connection", () => {
     )
     expect(sent[0]?.cancelled).toBe(true)
     expect(got).toEqual([complete(13, {}), complete(14, {})])
+  })
+
+  it("adopted as a spare, sends the session's client capabilities, not the spare's", () => {
+    const { modern, sent } = start()
+    const session = withClientCapabilities(modern.connection, () => ({ roots: {} }))
+    const { done } = outcomes()
+    session.call({ jsonrpc: "2.0", id: 15, method: "tools/call", params: { name: "t" } }, done)
+    const meta = sent.at(-1)?.request.params?._meta
+    expect(isObject(meta) && meta["io.modelcontextprotocol/clientCapabilities"]).toEqual({ roots: {} })
   })
 
   it("opens the listen again after the gateway's deadline, and not after the child closed it", () => {
