@@ -55,6 +55,26 @@ describe("shared servers", () => {
     for (const { connection } of sessions) connection.end()
   }, 120_000)
 
+  it("sends each call of a session to the instance with the fewest calls in flight", async () => {
+    gateway = await startGateway({
+      servers: { mini: { ...node("mini-server.mjs", "pid"), scope: "shared", instances: 2 } },
+    })
+    const { connection, channel } = await openSession(gateway, "mini")
+    const pidOf = async (id: string) => {
+      const answer = await call(channel, id, "mini__pid", {})
+      return Number(JSON.parse(textOf(answer)).content[0].text)
+    }
+    // One call waits at the first instance, so the next goes to the other; then each has one.
+    const first = call(channel, "sleep-1", "mini__sleep", { ms: 3_000 })
+    const otherPid = await pidOf("pid-1")
+    const second = call(channel, "sleep-2", "mini__sleep", { ms: 3_000 })
+    const firstPid = await pidOf("pid-2")
+    expect(otherPid).not.toBe(firstPid)
+    expect(childrenOf(gateway.pid)).toEqual(expect.arrayContaining([firstPid, otherPid]))
+    await Promise.all([first, second])
+    connection.end()
+  }, 60_000)
+
   it("a shared child crashing under load loses nothing of the other servers", async () => {
     gateway = await startGateway({
       servers: {

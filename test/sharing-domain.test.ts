@@ -2,7 +2,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit } from "effect"
 import { makeChildBudget } from "../src/gateway/children/ChildBudget.js"
+import { leastBusy } from "../src/gateway/children/instancePool.js"
 import { logPasses, mostVerbose } from "../src/gateway/children/multiplex.js"
+import { spareFits } from "../src/gateway/children/Spares.js"
 import { decodeServersConfig, substituteIdentity } from "../src/gateway/config/serversConfig.js"
 
 const problems = (server: Record<string, unknown>) => {
@@ -76,4 +78,29 @@ describe("the process budget", () => {
       expect(budget.running()).toBe(0)
     }),
   )
+})
+
+describe("instance routing", () => {
+  it("picks the instance with the fewest calls in flight, the first on a tie, none when none is ready", () => {
+    const load: Record<number, number> = { 0: 2, 1: 0, 2: 0 }
+    expect(leastBusy([0, 1, 2], (index) => load[index] ?? 0)).toBe(1)
+    expect(leastBusy([0, 2], (index) => load[index] ?? 0)).toBe(2)
+    expect(leastBusy([], () => 0)).toBeUndefined()
+  })
+})
+
+describe("warm spares", () => {
+  const fits = (capabilities: Record<string, unknown>) =>
+    spareFits({ protocolVersion: "2025-06-18", capabilities, clientInfo: { name: "c", version: "1" } })
+  it("fit a client that asks for no more than a spare was told of", () => {
+    expect(fits({})).toBe(true)
+    expect(fits({ sampling: {}, elicitation: {}, roots: { listChanged: true } })).toBe(true)
+    expect(fits({ elicitation: { form: {} }, roots: {} })).toBe(true)
+  })
+  it("do not fit a client with more: its own child must hear of it in initialize", () => {
+    expect(fits({ elicitation: { url: {} } })).toBe(false)
+    expect(fits({ sampling: { tools: {} } })).toBe(false)
+    expect(fits({ experimental: { x: {} } })).toBe(false)
+    expect(fits({ roots: { listChanged: false } })).toBe(false)
+  })
 })

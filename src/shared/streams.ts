@@ -1,6 +1,7 @@
 /** Effect wrappers for Node streams: writes that respect backpressure, reads that pull on demand. */
 import type { Readable, Writable } from "node:stream"
 import * as Effect from "effect/Effect"
+import type { Frame, LineFramer } from "./lineFramer.js"
 
 export class StreamClosed {
   readonly _tag = "StreamClosed"
@@ -118,3 +119,161 @@ export const whenDrained = (stream: Writable): Effect.Effect<void> =>
   Effect.suspend(() =>
     !stream.writableNeedDrain || stream.destroyed ? Effect.void : Effect.asVoid(nextDrain(stream)),
   )
+
+/**
+ * Backpressure as plain callbacks, for readers on the per-call path: whether whoever takes a
+ * reader's output can take more.
+ */
+export interface OutputGate {
+  /**
+   * Undefined when there is room now (`resume` is not called). Otherwise `resume` runs once there is
+   * room again (or the consumer is gone), and the function returned forgets it.
+   */
+  readonly wait: (resume: () => void) => (() => void) | undefined
+}
+
+/** A consumer that always has room (a probe, a shared child read as fast as it writes). */
+export const openGate: OutputGate = { wait: () => undefined }
+
+/** Room while the stream's buffer is under its mark; closed until its next 'drain' (or its end). */
+export const gateOf = (stream: Writable): OutputGate => ({
+  wait: (resume) => {
+    if (!stream.writableNeedDrain || stream.destroyed) return undefined
+    const done = () => {
+      cleanup()
+      resume()
+    }
+    const cleanup = () => {
+      stream.off("drain", done)
+      stream.off("close", done)
+      stream.off("error", done)
+    }
+    stream.once("drain", done)
+    stream.once("close", done)
+    stream.once("error", done)
+    return cleanup
+  },
+})
+
+/** Completes once the gate has room. */
+export const whenOpen = (gate: OutputGate): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    const cancel = gate.wait(() => resume(Effect.void))
+    if (cancel === undefined) return resume(Effect.void)
+    return Effect.sync(cancel)
+  })
+
+/** How a frame was handled: at once (undefined), or by this Effect, before any later frame. */
+export type Handled<R> = Effect.Effect<void, never, R> | undefined
+
+/**
+ * Read a stream's lines with plain 'data' callbacks: each chunk is framed and its frames handled
+ * synchronously, so the per-call path wakes no fiber. A frame whose handling is an Effect pauses the
+ * stream; the reader's fiber runs it and the rest of the chunk in order, then reads on. After each
+ * chunk the gate is asked, and the stream stays paused while it is closed: a consumer that stops
+ * taking output stops the producer too. Completes once the stream has ended and every frame (an
+ * unterminated last line too) was handled. The stream is never destroyed here, so a duplex (an SSH
+ * channel) can still be written to.
+ *
+ * State: `backlog` is set by the callbacks and taken by the fiber; while it is set the stream is
+ * paused, so the callbacks do not run. `gateWait` belongs to the callbacks (or the fiber, after a
+ * backlog): whoever paused the stream is the one that resumes it.
+ */
+export const readFrames = <R>(
+  stream: Readable,
+  framer: LineFramer,
+  handle: (frame: Frame) => Handled<R>,
+  gate: OutputGate,
+): Effect.Effect<void, never, R> =>
+  Effect.suspend(() => {
+    let backlog:
+      | {
+          readonly first: Effect.Effect<void, never, R>
+          readonly frames: ReadonlyArray<Frame>
+          readonly from: number
+        }
+      | undefined
+    let ended = stream.readableEnded || stream.destroyed
+    let wake: (() => void) | undefined
+    let gateWait: (() => void) | undefined
+    const signal = () => {
+      const waiting = wake
+      wake = undefined
+      waiting?.()
+    }
+    const reopened = () => {
+      gateWait = undefined
+      stream.resume()
+    }
+    const onData = (chunk: Buffer) => {
+      const frames = framer.push(chunk)
+      for (let index = 0; index < frames.length; index++) {
+        let effect: Handled<R>
+        try {
+          effect = handle(frames[index] as Frame)
+        } catch (defect) {
+          // A bug in a handler ends this reader as a defect, as it did in a fiber, not the process.
+          effect = Effect.die(defect)
+        }
+        if (effect !== undefined) {
+          stream.pause()
+          backlog = { first: effect, frames, from: index + 1 }
+          return signal()
+        }
+      }
+      gateWait = gate.wait(reopened)
+      if (gateWait !== undefined) stream.pause()
+    }
+    const onEnd = () => {
+      ended = true
+      signal()
+    }
+    const attach = Effect.sync(() => {
+      stream.on("data", onData)
+      // A 'data' listener starts the flow only on a stream nobody paused.
+      if (!ended && stream.readableFlowing === false) stream.resume()
+      stream.once("end", onEnd)
+      stream.once("close", onEnd)
+      stream.once("error", onEnd)
+    })
+    const detach = Effect.sync(() => {
+      stream.off("data", onData)
+      stream.off("end", onEnd)
+      stream.off("close", onEnd)
+      stream.off("error", onEnd)
+      gateWait?.()
+      gateWait = undefined
+    })
+    /** The frames from `from` on, each at once where it can be. */
+    const rest = (frames: ReadonlyArray<Frame>, from: number): Effect.Effect<void, never, R> =>
+      Effect.suspend(() => {
+        for (let index = from; index < frames.length; index++) {
+          const effect = handle(frames[index] as Frame)
+          if (effect !== undefined) return Effect.zipRight(effect, rest(frames, index + 1))
+        }
+        return Effect.void
+      })
+    const next = Effect.async<void>((resume) => {
+      if (backlog !== undefined || ended) return resume(Effect.void)
+      wake = () => resume(Effect.void)
+      return Effect.sync(() => {
+        wake = undefined
+      })
+    })
+    const loop: Effect.Effect<void, never, R> = Effect.flatMap(next, () => {
+      const work = backlog
+      if (work === undefined) return rest(framer.end(), 0)
+      backlog = undefined
+      return work.first.pipe(
+        Effect.zipRight(rest(work.frames, work.from)),
+        Effect.zipRight(whenOpen(gate)),
+        Effect.zipRight(Effect.sync(() => stream.resume())),
+        Effect.zipRight(loop),
+      )
+    })
+    return Effect.acquireUseRelease(
+      attach,
+      () => loop,
+      () => detach,
+    )
+  })

@@ -14,6 +14,7 @@ import {
   type JsonObject,
   type JsonRpcResponse,
 } from "../../shared/jsonRpc.js"
+import { openGate } from "../../shared/streams.js"
 import { version } from "../../shared/version.js"
 import type { AccessPolicy } from "../access/accessConfig.js"
 import { type ChildServer, GatewayConfig } from "../config/GatewayConfig.js"
@@ -113,7 +114,7 @@ const probe = (
         stopTimeout: Duration.seconds(1),
         requestTimeout: options.timeout,
         // Nobody reads the probe's output but the probe itself.
-        outputReady: Effect.void,
+        outputReady: openGate,
       },
       handshake: Effect.succeed({
         protocolVersion: latestHandshakeVersion,

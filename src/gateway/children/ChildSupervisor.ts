@@ -6,6 +6,7 @@
  */
 import { Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { ErrorCode, isObject, type JsonObject } from "../../shared/jsonRpc.js"
+import type { OutputGate } from "../../shared/streams.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { ChildLeftOut, UpstreamError } from "../errors.js"
 import { Metrics } from "../ops/Metrics.js"
@@ -85,7 +86,7 @@ export interface SupervisorOptions extends Omit<UpstreamOptions, "requestTimeout
 export interface WarmChild {
   readonly adopt: (
     onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>,
-    outputReady: Effect.Effect<void>,
+    outputReady: OutputGate,
   ) => {
     readonly connection: UpstreamConnection
     readonly result: JsonObject

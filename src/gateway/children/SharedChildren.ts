@@ -8,6 +8,7 @@
  */
 import { Context, Duration, Effect, ExecutionStrategy, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { ErrorCode } from "../../shared/jsonRpc.js"
+import { openGate } from "../../shared/streams.js"
 import { version } from "../../shared/version.js"
 import { type ChildServer, GatewayConfig, resolveIdentity, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
@@ -17,6 +18,7 @@ import { Catalog } from "./Catalog.js"
 import { ChildBudget } from "./ChildBudget.js"
 import { ChildRegistry, type RunningChild } from "./ChildRegistry.js"
 import { type ClientHandshake, type SupervisedChild, superviseChild } from "./ChildSupervisor.js"
+import { openPooled } from "./instancePool.js"
 import { type LeaseHooks, Multiplexer } from "./multiplex.js"
 import { ProtocolMemory } from "./ProtocolMemory.js"
 import { Upstream } from "./Upstream.js"
@@ -108,7 +110,7 @@ export const SharedChildrenLive = Layer.scoped(
               stopTimeout: Duration.seconds(settings.childStopTimeout),
               startupTimeout: Duration.seconds(settings.startupTimeout),
               // One slow client must not stall the others: the child is read as fast as it writes.
-              outputReady: Effect.void,
+              outputReady: openGate,
               scope: sharing.scope,
               budget,
               memory,
@@ -194,6 +196,12 @@ export const SharedChildrenLive = Layer.scoped(
         )
       })
 
+    /** A session let go of the pool: the last one starts its idle timer. */
+    const released = (pool: Pool) => {
+      pool.leases--
+      return pool.leases === 0 && pools.get(pool.key) === pool ? idleStop(pool) : Effect.void
+    }
+
     const lease = (server: ChildServer, identity: string, hooks: LeaseHooks) =>
       Effect.gen(function* () {
         const sharing = sharingOf(server)
@@ -212,28 +220,34 @@ export const SharedChildrenLive = Layer.scoped(
           pool.idle = undefined
           yield* Fiber.interrupt(idle)
         }
-        // Sessions go to the least busy child: fewest sessions, then fewest calls in flight.
-        const instance = pool.instances.reduce((best, candidate) =>
-          candidate.mux.leases.size < best.mux.leases.size ||
-          (candidate.mux.leases.size === best.mux.leases.size &&
-            candidate.mux.inFlight() < best.mux.inFlight())
-            ? candidate
-            : best,
-        )
+        // Several instances: the session leases them all and each call goes to the least busy one.
+        if (pool.instances.length > 1) {
+          const pooled = yield* Effect.acquireRelease(
+            Effect.sync(() => {
+              pool.leases++
+              return openPooled(server, pool.instances, hooks, (instance, instanceHooks) =>
+                instance.mux.open(identity, instanceHooks),
+              )
+            }),
+            (pooled) =>
+              Effect.forEach(
+                pool.instances,
+                (instance, index) => {
+                  const held = pooled.leases[index]
+                  return held === undefined ? Effect.void : instance.mux.release(held)
+                },
+                { discard: true },
+              ).pipe(Effect.zipRight(Effect.suspend(() => released(pool)))),
+          )
+          return pooled.view
+        }
+        const instance = pool.instances[0] as Instance
         const held = yield* Effect.acquireRelease(
           Effect.sync(() => {
             pool.leases++
             return instance.mux.open(identity, hooks)
           }),
-          (held) =>
-            instance.mux.release(held).pipe(
-              Effect.zipRight(
-                Effect.suspend(() => {
-                  pool.leases--
-                  return pool.leases === 0 && pools.get(pool.key) === pool ? idleStop(pool) : Effect.void
-                }),
-              ),
-            ),
+          (held) => instance.mux.release(held).pipe(Effect.zipRight(Effect.suspend(() => released(pool)))),
         )
         const view: SupervisedChild = {
           server,

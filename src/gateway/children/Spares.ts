@@ -2,19 +2,21 @@
  * Warm spares for session servers (`"spares": N`): N children per server started and initialized
  * ahead of the sessions, so a new session takes one instead of waiting for a spawn; each one taken
  * is replaced in the background. A spare is initialized with what the gateway can relay (it does not
- * know its client yet); once taken, a request of the child for a capability its client lacks gets
+ * know its client yet), so it is taken once the client's initialize is known, and only by a client
+ * it fits (spareFits); once taken, a request of the child for a capability its client lacks gets
  * -32601. A server whose config names `${MCP_SSH_IDENTITY}` gets no spares (whose identity?).
  * Reloads: spares of a removed or changed server stop; new ones start for the new version.
  */
 import { Context, Duration, Effect, ExecutionStrategy, Exit, Layer, Scope, Stream } from "effect"
-import { ErrorCode, errorResponse, isRequest, type JsonObject } from "../../shared/jsonRpc.js"
+import { ErrorCode, errorResponse, isObject, isRequest, type JsonObject } from "../../shared/jsonRpc.js"
+import { type OutputGate, openGate } from "../../shared/streams.js"
 import { version } from "../../shared/version.js"
 import { type ChildServer, GatewayConfig, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
 import { latestHandshakeVersion } from "../hub/mcp.js"
 import { Catalog } from "./Catalog.js"
 import { ChildBudget } from "./ChildBudget.js"
-import type { WarmChild } from "./ChildSupervisor.js"
+import type { ClientHandshake, WarmChild } from "./ChildSupervisor.js"
 import { capabilityFor } from "./multiplex.js"
 import { openChild } from "./openChild.js"
 import { ProtocolMemory } from "./ProtocolMemory.js"
@@ -38,11 +40,44 @@ interface Spare {
   /** Where its messages go and what its output waits on: the service's until a session adopts it. */
   readonly target: {
     onMessage: (connection: UpstreamConnection, message: ChildMessage) => Effect.Effect<void>
-    outputReady: Effect.Effect<void>
+    outputReady: OutputGate
   }
 }
 
-const relayCapabilities = { sampling: {}, elicitation: {}, roots: {} }
+/**
+ * What a spare is told in initialize, before its client is known: what the gateway can relay. A
+ * client's missing capability is covered by guardCapabilities; one it has beyond these is not, so
+ * such a client gets no spare (spareFits).
+ */
+const relayCapabilities: JsonObject = {
+  sampling: {},
+  elicitation: { form: {} },
+  roots: { listChanged: true },
+}
+
+/** Whether `inner` says nothing `outer` does not: every key, at every depth, with the same leaves. */
+const within = (inner: unknown, outer: unknown): boolean => {
+  if (!isObject(inner) || !isObject(outer)) return inner === outer
+  return Object.entries(inner).every(([key, value]) => key in outer && within(value, outer[key]))
+}
+
+/**
+ * Whether a spare, initialized ahead with relayCapabilities, can serve this client as a child started
+ * for it would: the client has no capability the spare was not told of (a sub-capability such as URL
+ * elicitation or sampling with tools, `experimental`), since a child cannot be initialized again;
+ * otherwise the session starts its own child. The version is not compared: a spare speaks the newest
+ * with the gateway, as a shared child does, and its answers reach an older client as they are.
+ */
+export const spareFits = (client: ClientHandshake): boolean => {
+  const capabilities = client.capabilities
+  // An empty elicitation capability means form mode (MCP 2025-11-25).
+  const elicitation = capabilities.elicitation
+  const normalized =
+    isObject(elicitation) && Object.keys(elicitation).length === 0
+      ? { ...capabilities, elicitation: { form: {} } }
+      : capabilities
+  return within(normalized, relayCapabilities)
+}
 
 /** Until a session takes it, a spare's own requests are refused and its notifications dropped. */
 const idle = (connection: UpstreamConnection, message: ChildMessage) =>
@@ -74,7 +109,7 @@ export const SparesLive = Layer.scoped(
         const scope = yield* Scope.fork(serviceScope, ExecutionStrategy.sequential)
         const started = yield* Effect.gen(function* () {
           yield* budget.take(undefined)
-          const target: Spare["target"] = { onMessage: idle, outputReady: Effect.void }
+          const target: Spare["target"] = { onMessage: idle, outputReady: openGate }
           // The same start as a session's child: a modern server's spare is probed and wrapped too.
           const { connection, result, protocolVersion } = yield* openChild({
             upstream,
@@ -83,7 +118,7 @@ export const SparesLive = Layer.scoped(
               maxLineBytes: settings.maxLineBytes,
               stopTimeout: Duration.seconds(settings.childStopTimeout),
               requestTimeout: Duration.seconds(server.requestTimeout),
-              outputReady: Effect.suspend(() => target.outputReady),
+              outputReady: { wait: (resume) => target.outputReady.wait(resume) },
             },
             handshake: Effect.succeed({
               protocolVersion: latestHandshakeVersion,

@@ -20,7 +20,7 @@ import {
 } from "../../shared/jsonRpc.js"
 import { forwardableAnswer } from "../../shared/jsonScan.js"
 import { LineFramer } from "../../shared/lineFramer.js"
-import { forEachChunk, writeWithBackpressure } from "../../shared/streams.js"
+import { type Handled, type OutputGate, readFrames, writeWithBackpressure } from "../../shared/streams.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
 import { ChildReaper, type ChildReaperShape } from "./ChildReaper.js"
@@ -70,11 +70,12 @@ export interface UpstreamOptions {
   readonly stopTimeout: Duration.Duration
   readonly requestTimeout: Duration.Duration
   /**
-   * Waited on before each further chunk of the child's stdout is read. A session's children wait
-   * while its client's channel is full, so a client that stops reading stops its children's output
-   * too, answers included: their stdout pipes fill, their writes block, and memory does not grow.
+   * Asked after each chunk of the child's stdout; while it is closed the stdout is not read. A
+   * session's children wait while its client's channel is full, so a client that stops reading stops
+   * its children's output too, answers included: their stdout pipes fill, their writes block, and
+   * memory does not grow.
    */
-  readonly outputReady: Effect.Effect<void>
+  readonly outputReady: OutputGate
 }
 
 /**
@@ -132,7 +133,10 @@ const acquireProcess = (
       ),
   )
 
-/** What each line of the child's stdout does: settle a call, or go to the session as it is. */
+/**
+ * What each line of the child's stdout does: settle a call (at once, no Effect), or go to the
+ * session as it is (an Effect, run before the next line).
+ */
 const makeLineHandler = (
   name: string,
   calls: PendingCalls,
@@ -141,19 +145,19 @@ const makeLineHandler = (
 ) => {
   const invalid = (reason: string) =>
     new UpstreamError({ server: name, code: ErrorCode.InternalError, reason })
-  const line = (bytes: Uint8Array): Effect.Effect<void> => {
+  const line = (bytes: Uint8Array): Handled<never> => {
     // A plain success answer to a caller that takes bytes goes as it is, without a parse.
     if (calls.takesBytes) {
       const answer = forwardableAnswer(bytes)
       if (answer !== undefined && calls.settleBytes(answer.id, bytes, answer.idStart, answer.idEnd)) {
-        return Effect.void
+        return undefined
       }
     }
     const message = classifyLine(bytes)
     switch (message._tag) {
       case "Response": {
         const id = message.message.id
-        if (calls.settle(id, message.message)) return Effect.void
+        if (calls.settle(id, message.message)) return undefined
         return log(Effect.logWarning(`ignored a response to unknown request id ${JSON.stringify(id)}`))
       }
       case "Invalid": {
@@ -279,18 +283,16 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
 
     // One reader hands every message on in the order the child wrote it: a notification the child
     // sent before a response reaches the client before that response. It reads on only when the
-    // client can take more.
-    const framer = new LineFramer(options.maxLineBytes)
+    // client can take more. Answers are settled in the pipe's 'data' callback, without a fiber.
     const handle = makeLineHandler(name, calls, (message) => options.onMessage(connection, message), log)
-    yield* forEachChunk(child.stdout, (chunk) =>
-      Effect.forEach(
-        framer.push(chunk),
-        (frame) =>
-          frame._tag === "Line"
-            ? handle.line(frame.bytes)
-            : handle.oversized(frame.size, frame.head, frame.tail, options.maxLineBytes),
-        { discard: true },
-      ).pipe(Effect.zipRight(options.outputReady)),
+    yield* readFrames(
+      child.stdout,
+      new LineFramer(options.maxLineBytes),
+      (frame) =>
+        frame._tag === "Line"
+          ? handle.line(frame.bytes)
+          : handle.oversized(frame.size, frame.head, frame.tail, options.maxLineBytes),
+      options.outputReady,
     ).pipe(Effect.zipRight(Deferred.succeed(outputEnded, undefined)), Effect.forkScoped)
     // The child is gone once it has exited and its output is read (answers still in the pipe are
     // delivered first), or shortly after exiting if something it started holds its stdout open.

@@ -150,6 +150,8 @@ export class Multiplexer {
   private readonly childRequests = new Map<string, Lease>()
   private nextToken = 1
   private child: SupervisedChild | undefined
+  /** Calls of every lease in flight at the child, kept as they change: routing asks on every call. */
+  private active = 0
 
   constructor(
     readonly server: string,
@@ -166,9 +168,7 @@ export class Multiplexer {
   }
 
   inFlight(): number {
-    let total = 0
-    for (const lease of this.leases) total += lease.inflight.size
-    return total
+    return this.active
   }
 
   private ready(): ReadyChild | undefined {
@@ -197,6 +197,7 @@ export class Multiplexer {
     return Effect.suspend(() => {
       this.leases.delete(lease)
       for (const entry of [...lease.inflight.values()]) entry.cancel()
+      this.active -= lease.inflight.size
       lease.inflight.clear()
       lease.settledOne()
       for (const [key, route] of this.progressRoutes)
@@ -411,6 +412,7 @@ export class Multiplexer {
               entry.cancel()
               entry.done(reason)
             }
+            this.active -= lease.inflight.size
             lease.inflight.clear()
           }),
         ),
@@ -447,7 +449,7 @@ export class Multiplexer {
     }
     const finish = () => {
       settled = true
-      lease.inflight.delete(key)
+      if (lease.inflight.delete(key)) this.active--
       if (progressKey !== undefined) this.progressRoutes.delete(progressKey)
       lease.settledOne()
     }
@@ -456,7 +458,10 @@ export class Multiplexer {
       finish()
       done(outcome)
     })
-    if (!settled) lease.inflight.set(key, { cancel, done })
+    if (!settled) {
+      lease.inflight.set(key, { cancel, done })
+      this.active++
+    }
     return () => {
       if (settled) return
       finish()

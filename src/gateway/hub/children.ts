@@ -27,7 +27,7 @@ import {
 import { withClientCapabilities } from "../children/modernChild.js"
 import type { ProtocolMemoryShape } from "../children/ProtocolMemory.js"
 import type { SharedChildrenShape } from "../children/SharedChildren.js"
-import { guardCapabilities, type SparesShape } from "../children/Spares.js"
+import { guardCapabilities, type SparesShape, spareFits } from "../children/Spares.js"
 import type { Upstream } from "../children/Upstream.js"
 import { type ChildServer, resolveIdentity, sharingOf } from "../config/GatewayConfig.js"
 import { sameServer } from "../config/serverDiff.js"
@@ -106,24 +106,34 @@ export const makeSessionChildren = (
     const spares = options.spares
     /** A warm spare, whose requests for what this client cannot do are answered -32601. */
     const takeSpare = (from: SparesShape, server: ChildServer) =>
-      Effect.map(from.take(server), (warm): WarmChild | undefined =>
-        warm === undefined
-          ? undefined
-          : {
-              adopt: (onMessage, outputReady) => {
-                const adopted = warm.adopt(
-                  guardCapabilities(() => clientCapabilities, onMessage),
-                  outputReady,
-                )
-                // A modern spare's envelope names the spare's capabilities: this client's go instead.
-                return adopted.protocolVersion === modernVersion
-                  ? {
-                      ...adopted,
-                      connection: withClientCapabilities(adopted.connection, () => clientCapabilities),
-                    }
-                  : adopted
+      // Without a spare ready the child spawns at once, as ever. With one, it is taken once the
+      // client's initialize is known: a client the spare does not fit gets its own child.
+      Effect.suspend(() =>
+        from.ready(server.name) === 0
+          ? Effect.succeed(undefined)
+          : Deferred.await(handshake).pipe(
+              Effect.flatMap((client) => (spareFits(client) ? from.take(server) : Effect.succeed(undefined))),
+            ),
+      ).pipe(
+        Effect.map((warm): WarmChild | undefined =>
+          warm === undefined
+            ? undefined
+            : {
+                adopt: (onMessage, outputReady) => {
+                  const adopted = warm.adopt(
+                    guardCapabilities(() => clientCapabilities, onMessage),
+                    outputReady,
+                  )
+                  // A modern spare's envelope names the spare's capabilities: this client's go instead.
+                  return adopted.protocolVersion === modernVersion
+                    ? {
+                        ...adopted,
+                        connection: withClientCapabilities(adopted.connection, () => clientCapabilities),
+                      }
+                    : adopted
+                },
               },
-            },
+        ),
       )
     const startChild = (server: ChildServer) =>
       Effect.gen(function* () {

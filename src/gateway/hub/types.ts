@@ -1,5 +1,4 @@
 /** What the parts of a session's Hub share: who the client is, how to reach it, what a route gives. */
-import type { Effect } from "effect"
 import {
   ErrorCode,
   errorResponse,
@@ -11,6 +10,7 @@ import {
   type OutgoingMessage,
   type OutgoingResponse,
 } from "../../shared/jsonRpc.js"
+import type { OutputGate } from "../../shared/streams.js"
 import type { UpstreamError } from "../errors.js"
 
 /** Who is on the other end of a session: for the log, the audit and the access policy. */
@@ -33,8 +33,8 @@ export interface ClientIdentity {
  */
 export interface ClientOutput {
   readonly write: (message: OutgoingMessage) => void
-  /** Completes at once while the client's channel has room, else when it has drained. */
-  readonly ready: Effect.Effect<void>
+  /** Whether the client's channel has room; when not, says when it has drained. */
+  readonly ready: OutputGate
 }
 
 /** What a request was routed to, for the audit line. */

@@ -23,7 +23,7 @@ import {
   recoverId,
 } from "../../shared/jsonRpc.js"
 import { type Frame, LineFramer } from "../../shared/lineFramer.js"
-import { forEachChunk, whenDrained, writeWithBackpressure } from "../../shared/streams.js"
+import { gateOf, type Handled, readFrames, writeWithBackpressure } from "../../shared/streams.js"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { type ClientIdentity, Hub, type HubSession } from "../hub/Hub.js"
 import { Drain, type DrainShape } from "../ops/Drain.js"
@@ -195,7 +195,7 @@ export const McpSessionLive = Layer.effect(
         const { write, flush } = coalescedWriter(output)
         // Registered first, so it runs last: what the other finalizers write goes out before the end.
         yield* Effect.addFinalizer(() => Effect.sync(flush))
-        const ready = whenDrained(output)
+        const ready = gateOf(output)
         // A session opened on a connection that was already in when the drain began: no children for it.
         if (drain.draining()) {
           yield* writeWithBackpressure(channel.diagnostics, `mcp-ssh: ${shuttingDown}\n`).pipe(Effect.ignore)
@@ -239,12 +239,14 @@ export const McpSessionLive = Layer.effect(
           draining: drain.draining,
           metrics,
         })
-        const framer = new LineFramer(maxLineBytes)
-        const untilEndOfInput = forEachChunk(channel.input, (chunk) =>
-          Effect.forEach(framer.push(chunk), handleFrame, { discard: true }).pipe(Effect.zipRight(ready)),
+        // Requests are handled in the channel's 'data' callback, without a fiber; the rest in order after.
+        // A last line without its newline is still a message.
+        const untilEndOfInput = readFrames(
+          channel.input,
+          new LineFramer(maxLineBytes),
+          handleFrame,
+          ready,
         ).pipe(
-          // A last line without its newline is still a message.
-          Effect.zipRight(Effect.suspend(() => Effect.forEach(framer.end(), handleFrame, { discard: true }))),
           // The client said it has nothing more to send: answer what is still in progress, then end.
           Effect.zipRight(session.endOfInput),
           Effect.zipRight(inFlight.drained),
@@ -276,10 +278,13 @@ const shuttingDown = "the gateway is shutting down"
 const invalidRequest = (id: JsonRpcId | null, message: string) =>
   errorResponse(id, { code: ErrorCode.InvalidRequest, message: `Invalid Request: ${message}` })
 
-/** What each line of the client does: answered at once when it is bad, else handed to the Hub. */
+/**
+ * What each line of the client does: answered at once when it is bad, else handed to the Hub. A
+ * request is handled at once; what needs an Effect (notifications, answers to servers) is returned.
+ */
 const makeFrameHandler =
   ({ session, inFlight, write, maxLineBytes, draining, metrics }: FrameContext) =>
-  (frame: Frame): Effect.Effect<void> => {
+  (frame: Frame): Handled<never> => {
     if (frame._tag === "Oversized") {
       return Effect.logWarning(
         `refused a message of ${frame.size} bytes from the client, over the limit of ${maxLineBytes} bytes`,
@@ -300,7 +305,7 @@ const makeFrameHandler =
     switch (message._tag) {
       case "Invalid":
         write(errorResponse(message.id, message.error))
-        return Effect.void
+        return undefined
       case "Response":
         return session.respond(message.message)
       case "Notification":
@@ -326,7 +331,7 @@ const makeFrameHandler =
         } else {
           inFlight.start(session, request, key, write)
         }
-        return Effect.void
+        return undefined
       }
     }
   }

@@ -23,6 +23,7 @@ import {
   type JsonRpcRequest,
   type JsonRpcResponse,
 } from "../../../src/shared/jsonRpc.js"
+import { whenOpen } from "../../../src/shared/streams.js"
 import { Recorded } from "./recorded.js"
 
 /** A JSON-RPC error a scripted handler answers with. */
@@ -534,7 +535,7 @@ const makeChild = (server: string, script: FakeServerScript) => {
             yield* Deferred.succeed(closed, error)
             return
           }
-          yield* ready
+          yield* whenOpen(ready)
           if (output._tag === "Message") {
             yield* options.onMessage(connection, output.message)
             continue
