@@ -4,13 +4,14 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect } from "effect"
-import { makeModernChild } from "../src/gateway/children/modernChild.js"
+import { makeModernChild, withClientCapabilities } from "../src/gateway/children/modernChild.js"
 import type { CallOutcome } from "../src/gateway/children/pendingCalls.js"
 import type { ChildMessage, UpstreamConnection } from "../src/gateway/children/Upstream.js"
 import { requestThrough } from "../src/gateway/children/Upstream.js"
 import { UpstreamError } from "../src/gateway/errors.js"
 import {
   ErrorCode,
+  isObject,
   type JsonRpcNotification,
   type JsonRpcRequest,
   type JsonRpcResponse,
@@ -214,6 +215,33 @@ describe("a modern child's connection", () => {
     expect(delivered).toEqual([
       { jsonrpc: "2.0", method: "notifications/resources/updated", params: { uri: "a://1" } },
     ])
+  })
+
+  it("answers a subscribe whose listen was withdrawn before its acknowledgement", () => {
+    const { modern, sent } = start({ resources: { subscribe: true } })
+    expect(sent).toHaveLength(0)
+    const { got, done } = outcomes()
+    modern.connection.call(
+      { jsonrpc: "2.0", id: 13, method: "resources/subscribe", params: { uri: "a://1" } },
+      done,
+    )
+    expect(sent[0]?.request.method).toBe("subscriptions/listen")
+    // Unsubscribed before the child acknowledged: no listen is wanted any more, and both are answered.
+    modern.connection.call(
+      { jsonrpc: "2.0", id: 14, method: "resources/unsubscribe", params: { uri: "a://1" } },
+      done,
+    )
+    expect(sent[0]?.cancelled).toBe(true)
+    expect(got).toEqual([complete(13, {}), complete(14, {})])
+  })
+
+  it("adopted as a spare, sends the session's client capabilities, not the spare's", () => {
+    const { modern, sent } = start()
+    const session = withClientCapabilities(modern.connection, () => ({ roots: {} }))
+    const { done } = outcomes()
+    session.call({ jsonrpc: "2.0", id: 15, method: "tools/call", params: { name: "t" } }, done)
+    const meta = sent.at(-1)?.request.params?._meta
+    expect(isObject(meta) && meta["io.modelcontextprotocol/clientCapabilities"]).toEqual({ roots: {} })
   })
 
   it("opens the listen again after the gateway's deadline, and not after the child closed it", () => {

@@ -12,6 +12,8 @@ import {
   toLegacyResponse,
   withEnvelope,
 } from "../src/gateway/children/modernChild.js"
+import { makeProtocolMemory } from "../src/gateway/children/ProtocolMemory.js"
+import type { ChildServer } from "../src/gateway/config/GatewayConfig.js"
 import { decodeServersConfig } from "../src/gateway/config/serversConfig.js"
 import {
   answerAsGiven,
@@ -233,5 +235,32 @@ describe("the protocol setting", () => {
   it("refuses anything else, naming the field", () => {
     expect(problems({ protocol: "2024-11-05" })).toMatch(/^mcpServers\.s\.protocol: .*"auto".*"2024-11-05"/)
     expect(problems({ protocol: true })).toMatch(/mcpServers\.s\.protocol/)
+  })
+})
+
+describe("what the gateway remembers of a server's protocol", () => {
+  const server = (overrides: Partial<ChildServer> = {}): ChildServer => ({
+    name: "s",
+    command: "node",
+    args: ["server.js"],
+    env: { PATH: "/usr/bin" },
+    cwd: undefined,
+    prefix: undefined,
+    requestTimeout: 60,
+    ...overrides,
+  })
+
+  it("is forgotten when a reload changes how the server is started, its environment or protocol included", () => {
+    const memory = makeProtocolMemory()
+    memory.rememberLeftOut(server(), "speaks only 2099-01-01")
+    memory.rememberLegacy(server())
+    expect(memory.leftOut(server())).toBe("speaks only 2099-01-01")
+    for (const changed of [
+      { env: { PATH: "/usr/bin", MCP_VERSION: "2026-07-28" } },
+      { protocol: "2026-07-28" as const },
+    ]) {
+      expect(memory.leftOut(server(changed))).toBeUndefined()
+      expect(memory.legacyOnly(server(changed))).toBe(false)
+    }
   })
 })

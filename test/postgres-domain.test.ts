@@ -3,13 +3,21 @@
  * redaction, key rows <-> authorized_keys lines (same option semantics as the file), token rows,
  * revocation rows, and how driver errors are classified.
  */
-import { Either } from "effect"
+import { Effect, Either, Layer, Logger, LogLevel, Option, PubSub } from "effect"
 import { describe, expect, it } from "vitest"
 import { decodeSettings } from "../src/gateway/config/settings.js"
+import { StoreUnavailable } from "../src/gateway/errors.js"
 import { parseAuthorizedKeyLines } from "../src/gateway/identity/authorizedKeyOptions.js"
 import { isRevoked, noRevocations } from "../src/gateway/identity/krl.js"
 import { readStoredKeys } from "../src/gateway/keys/authorizedKeysFile.js"
-import { parseKeyStoreLocation, redactSecrets, redactUrl } from "../src/gateway/keys/keyStoreLocation.js"
+import { KeyDatabase, type KeyDatabaseShape } from "../src/gateway/keys/KeyDatabase.js"
+import {
+  parseKeyStoreLocation,
+  redactSecrets,
+  redactUrl,
+  urlSecrets,
+} from "../src/gateway/keys/keyStoreLocation.js"
+import { makePostgresKeyStore } from "../src/gateway/keys/PostgresKeyStore.js"
 import { classifyDatabaseError } from "../src/gateway/keys/postgresErrors.js"
 import {
   type KeyRow,
@@ -62,6 +70,9 @@ describe("--key-store", () => {
     expect(message).toMatch(/^--key-store: .*names no database/)
     expect(message).not.toContain("s3cret")
     expect(redactSecrets("password s3cr@t or s3cr%40t", ["s3cr@t"])).toBe("password *** or ***")
+    // A password given as a query parameter is redacted from the driver's messages as well.
+    const secrets = urlSecrets("postgres://mcp@db/keys?sslmode=require&password=qu3ry%40pw")
+    expect(classifyDatabaseError(new Error("bad option qu3ry@pw"), secrets).reason).not.toContain("qu3ry")
   })
 
   it("defaults to the file", () => {
@@ -199,5 +210,51 @@ describe("driver errors", () => {
       false,
     )
     expect(classifyDatabaseError(new Error("bad s3cret here"), ["s3cret"]).reason).toBe("bad *** here")
+  })
+})
+
+/** A key database in memory whose reads fail once `down` is set: the store's logic without PostgreSQL. */
+const memoryDatabase = (rows: Array<KeyRow>) => {
+  const state = { down: false, downAfterWrite: false }
+  const query = <R extends object>(sql: string, params: ReadonlyArray<unknown> = []) =>
+    Effect.suspend((): Effect.Effect<ReadonlyArray<R>, StoreUnavailable> => {
+      if (state.down) return Effect.fail(new StoreUnavailable({ store: "memory", reason: "stopped" }))
+      if (sql.startsWith("DELETE FROM mcp_ssh_authorized_keys")) {
+        const gone = rows.filter((candidate) => candidate.fingerprint === params[0])
+        for (const key of gone) rows.splice(rows.indexOf(key), 1)
+        return Effect.succeed(gone.map((key) => ({ kind: key.kind, options: key.options }) as unknown as R))
+      }
+      // The change is recorded and notified last in its transaction: the database stops after it.
+      if (sql.startsWith("SELECT pg_notify") && state.downAfterWrite) state.down = true
+      if (sql.startsWith("SELECT id::text"))
+        return Effect.succeed(rows.map((key) => ({ ...key }) as unknown as R))
+      return Effect.succeed([])
+    })
+  const database: KeyDatabaseShape = {
+    shown: "memory",
+    replica: "test",
+    query,
+    transaction: (body) => body({ query }),
+    withAdvisoryLock: (_key, effect) => effect,
+    changes: Effect.flatMap(PubSub.unbounded<void>(), PubSub.subscribe),
+  }
+  return { state, layer: Layer.succeed(KeyDatabase, database) }
+}
+
+describe("the PostgreSQL key store's snapshot", () => {
+  it("drops a key this replica revoked at once, even when the database stops before the next read", async () => {
+    const revoked = row(1, ed25519)
+    const memory = memoryDatabase([revoked, row(2, other)])
+    const blob = Buffer.from(revoked.key_blob, "base64")
+    const found = await Effect.runPromise(
+      Effect.gen(function* () {
+        const { store } = yield* makePostgresKeyStore
+        expect(Option.isSome(yield* store.find(blob))).toBe(true)
+        memory.state.downAfterWrite = true
+        expect(yield* store.revoke(revoked.fingerprint, "test")).toBe(1)
+        return yield* store.find(blob)
+      }).pipe(Effect.provide(memory.layer), Logger.withMinimumLogLevel(LogLevel.None)),
+    )
+    expect(Option.isNone(found)).toBe(true)
   })
 })

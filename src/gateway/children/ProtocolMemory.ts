@@ -21,8 +21,16 @@ export class ProtocolMemory extends Context.Tag("mcp-ssh/ProtocolMemory")<
   ProtocolMemoryShape
 >() {}
 
+/** Everything a reload counts as a change of how the server starts or is spoken to (serverDiff.ts). */
 const keyOf = (server: ChildServer) =>
-  JSON.stringify([server.name, server.command, server.args, server.cwd ?? null])
+  JSON.stringify([
+    server.name,
+    server.command,
+    server.args,
+    server.cwd ?? null,
+    Object.entries(server.env).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+    server.protocol ?? "auto",
+  ])
 
 export const makeProtocolMemory = (): ProtocolMemoryShape => {
   const legacy = new Set<string>()

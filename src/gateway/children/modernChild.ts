@@ -118,6 +118,32 @@ export const listenFilter = (capabilities: JsonObject, uris: ReadonlySet<string>
   }
 }
 
+/**
+ * A modern spare's connection, adopted by a session: its envelope was made for the spare (every
+ * capability), so each call carries the session's own relayable client capabilities instead, unless
+ * the caller set them (the multiplexer of a shared child does).
+ */
+export const withClientCapabilities = (
+  connection: UpstreamConnection,
+  capabilities: () => JsonObject | undefined,
+): UpstreamConnection => {
+  const call: UpstreamConnection["call"] = (request, done, takesBytes) => {
+    const current = capabilities()
+    if (current === undefined) return connection.call(request, done, takesBytes)
+    const params = request.params ?? {}
+    const meta = isObject(params._meta) ? params._meta : {}
+    const sent = {
+      ...request,
+      params: {
+        ...params,
+        _meta: { [metaKey.clientCapabilities]: relayableCapabilities(current), ...meta },
+      },
+    }
+    return connection.call(sent, done, takesBytes)
+  }
+  return { ...connection, call, request: requestThrough(call) }
+}
+
 const withoutKey = (object: JsonObject, key: string): JsonObject =>
   Object.fromEntries(Object.entries(object).filter(([name]) => name !== key))
 
@@ -157,7 +183,9 @@ export const makeModernChild = (options: ModernChildOptions): ModernChild => {
     listen?.cancel()
     listen = undefined
     if (!wanted || draining) {
-      then()
+      // No listen will acknowledge: those waiting on the one just withdrawn are answered too.
+      ackWaiters.push(then)
+      acknowledged()
       return
     }
     ackWaiters.push(then)

@@ -24,6 +24,7 @@ import {
   superviseChild,
   type WarmChild,
 } from "../children/ChildSupervisor.js"
+import { withClientCapabilities } from "../children/modernChild.js"
 import type { ProtocolMemoryShape } from "../children/ProtocolMemory.js"
 import type { SharedChildrenShape } from "../children/SharedChildren.js"
 import { guardCapabilities, type SparesShape, spareFits } from "../children/Spares.js"
@@ -32,6 +33,7 @@ import { type ChildServer, resolveIdentity, sharingOf } from "../config/GatewayC
 import { sameServer } from "../config/serverDiff.js"
 import { UpstreamError } from "../errors.js"
 import { mergeCapabilities, mergeInstructions } from "./mcp.js"
+import { modernVersion } from "./modern.js"
 import type { SessionProtocol } from "./protocol.js"
 
 export interface MergedView {
@@ -117,11 +119,19 @@ export const makeSessionChildren = (
           warm === undefined
             ? undefined
             : {
-                adopt: (onMessage, outputReady) =>
-                  warm.adopt(
+                adopt: (onMessage, outputReady) => {
+                  const adopted = warm.adopt(
                     guardCapabilities(() => clientCapabilities, onMessage),
                     outputReady,
-                  ),
+                  )
+                  // A modern spare's envelope names the spare's capabilities: this client's go instead.
+                  return adopted.protocolVersion === modernVersion
+                    ? {
+                        ...adopted,
+                        connection: withClientCapabilities(adopted.connection, () => clientCapabilities),
+                      }
+                    : adopted
+                },
               },
         ),
       )

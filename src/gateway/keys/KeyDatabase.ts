@@ -10,8 +10,10 @@
 import { hostname } from "node:os"
 import {
   Context,
+  Deferred,
   Duration,
   Effect,
+  Exit,
   Layer,
   Option,
   PubSub,
@@ -24,7 +26,7 @@ import pg from "pg"
 import { GatewayConfig } from "../config/GatewayConfig.js"
 import { ConfigError, StoreError, StoreUnavailable } from "../errors.js"
 import { readTextIfExists } from "./files.js"
-import { type KeyStoreLocation, parseKeyStoreLocation, urlPassword } from "./keyStoreLocation.js"
+import { type KeyStoreLocation, parseKeyStoreLocation, urlSecrets } from "./keyStoreLocation.js"
 import { classifyDatabaseError } from "./postgresErrors.js"
 import { changeChannel, migrationLockKey, migrations, migrationsTable } from "./postgresMigrations.js"
 
@@ -108,7 +110,7 @@ export const makeKeyDatabase = (
       yield* Effect.logWarning(
         `the --key-store URL holds a password; prefer PGPASSWORD or --key-store-password-file (${shown})`,
       )
-    const secrets = [filePassword, urlPassword(location.url), process.env.PGPASSWORD]
+    const secrets = [filePassword, ...urlSecrets(location.url), process.env.PGPASSWORD]
     const connectionString = withPassword(location.url, filePassword)
     const replica = `${hostname()}:${process.pid}`
 
@@ -213,11 +215,21 @@ export const makeKeyDatabase = (
       /** One listening connection, from connect to loss; fails only when it cannot connect. */
       const listenOnce = Effect.scoped(
         Effect.gen(function* () {
-          const client = yield* Effect.acquireRelease(
+          // Set from the moment the client exists: a loss before the wait below began is not missed.
+          const loss = yield* Deferred.make<string>()
+          yield* Effect.acquireRelease(
             Effect.tryPromise({
               try: async () => {
                 const created = new pg.Client(connectionSettings(connectionString))
-                created.on("error", () => {})
+                const onLoss = (error?: Error) =>
+                  Deferred.unsafeDone(
+                    loss,
+                    Exit.succeed(error === undefined ? "the connection ended" : failure(error).message),
+                  )
+                created.on("error", onLoss)
+                created.once("end", () => onLoss())
+                // Before LISTEN: a notification that comes as soon as it is in force is not dropped.
+                created.on("notification", () => Runtime.runSync(runtime)(PubSub.publish(changed, undefined)))
                 try {
                   await created.connect()
                   await created.query(`LISTEN ${changeChannel}`)
@@ -231,13 +243,7 @@ export const makeKeyDatabase = (
             }),
             (created) => Effect.promise(() => created.end().catch(() => undefined)),
           )
-          const lost = Effect.async<string>((resume) => {
-            const onLoss = (error?: Error) =>
-              resume(Effect.succeed(error === undefined ? "the connection ended" : failure(error).message))
-            client.once("error", onLoss)
-            client.once("end", () => onLoss())
-            client.on("notification", () => Runtime.runSync(runtime)(PubSub.publish(changed, undefined)))
-          })
+          const lost = Deferred.await(loss)
           yield* Effect.logInfo(`key database ${shown}: listening for key changes`)
           // Connected (again): whatever changed while nobody listened is read now.
           yield* PubSub.publish(changed, undefined)

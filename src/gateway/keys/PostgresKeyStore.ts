@@ -42,6 +42,16 @@ export const resyncInterval = Duration.seconds(30)
 
 const keyColumns = "id::text AS id, kind, options, key_type, key_blob, fingerprint, comment, added_at, source"
 
+/** The state with the key gone from its snapshot too, under a version no read has, so the next read settles. */
+const withoutKey = (loaded: LoadState, fingerprint: string): LoadState => ({
+  ...loaded,
+  snapshot: {
+    ...loaded.snapshot,
+    version: `${loaded.snapshot.version}-${fingerprint}`,
+    keys: loaded.snapshot.keys.filter((key) => key.fingerprint !== fingerprint),
+  },
+})
+
 /** Record a change, and tell every replica (delivered when the transaction commits). */
 export const recordChange = (
   tx: Querier,
@@ -205,11 +215,14 @@ export const makePostgresKeyStore = Effect.gen(function* () {
           }),
         )
         if (removed === 0) return 0
-        // Committed: announced here at once, and forgotten so the next read does not announce it again.
+        // Committed: out of the snapshot and announced here at once (a login before the read below, or
+        // through an outage that fails it, must not find it), and forgotten so no read announces it again.
         yield* Effect.uninterruptible(
           Effect.gen(function* () {
             yield* Effect.logInfo(`revoked key ${fingerprint} (${source})`)
-            yield* SynchronizedRef.update(state, (loaded) => forget(loaded, fingerprint))
+            yield* SynchronizedRef.update(state, (loaded) =>
+              withoutKey(forget(loaded, fingerprint), fingerprint),
+            )
             yield* PubSub.publish(revokedKeys, fingerprint)
           }),
         )
@@ -218,20 +231,23 @@ export const makePostgresKeyStore = Effect.gen(function* () {
       }),
     )
 
-  /** Follow the change feed, with the periodic backstop; failures are logged by resync itself. */
-  const follow = Effect.gen(function* () {
-    const changes = yield* database.changes
-    const onChange = Effect.forever(
-      Effect.gen(function* () {
-        yield* Queue.take(changes)
-        // A burst of notifications is one read.
-        yield* Queue.takeAll(changes)
-        yield* Effect.ignore(resync)
-      }),
-    )
-    const backstop = Effect.repeat(Effect.ignore(resync), Schedule.spaced(resyncInterval))
-    return yield* Effect.zipRight(Effect.all([onChange, backstop], { concurrency: 2 }), Effect.never)
-  })
+  /**
+   * Follow the change feed, with the periodic backstop; failures are logged by resync itself.
+   * `changes` is subscribed before the first read, so no change between the two goes unread.
+   */
+  const follow = (changes: Queue.Dequeue<void>) =>
+    Effect.gen(function* () {
+      const onChange = Effect.forever(
+        Effect.gen(function* () {
+          yield* Queue.take(changes)
+          // A burst of notifications is one read.
+          yield* Queue.takeAll(changes)
+          yield* Effect.ignore(resync)
+        }),
+      )
+      const backstop = Effect.repeat(Effect.ignore(resync), Schedule.spaced(resyncInterval))
+      return yield* Effect.zipRight(Effect.all([onChange, backstop], { concurrency: 2 }), Effect.never)
+    })
 
   return {
     store: {
@@ -262,8 +278,10 @@ export const makePostgresKeyStore = Effect.gen(function* () {
 export const PostgresKeyStoreLive = Layer.scoped(
   KeyStore,
   Effect.gen(function* () {
+    // Subscribed before the first read: a change notified while it runs is read again after it.
+    const changes = yield* Effect.flatMap(KeyDatabase, (database) => database.changes)
     const { store, follow } = yield* makePostgresKeyStore
-    yield* Effect.forkScoped(follow)
+    yield* Effect.forkScoped(follow(changes))
     return store
   }),
 )

@@ -57,10 +57,11 @@ export const PostgresRevokedKeysLive = Layer.scoped(
         return { version, revocations: revocationsOfRows(keys, certificates) }
       }),
     )
+    // Subscribed before the first read: a change notified while it runs is read again after it.
+    const changes = yield* database.changes
     // As for the keys: the first read must succeed; later failures keep what was read.
     yield* load
     const follow = Effect.gen(function* () {
-      const changes = yield* database.changes
       const onChange = Effect.forever(
         Queue.take(changes).pipe(
           Effect.zipRight(Queue.takeAll(changes)),

@@ -61,6 +61,21 @@ export const urlPassword = (text: string): string | undefined => {
   }
 }
 
+/** Every secret a URL carries, decoded: its password and secret query parameters (`?password=`). */
+export const urlSecrets = (text: string): ReadonlyArray<string> => {
+  try {
+    const url = new URL(text)
+    const secrets: Array<string> = []
+    const password = urlPassword(text)
+    if (password !== undefined) secrets.push(password)
+    for (const [name, value] of url.searchParams)
+      if (secretParameters.has(name.toLowerCase()) && value !== "") secrets.push(value)
+    return secrets
+  } catch {
+    return []
+  }
+}
+
 /** `file`, or a `postgres://` / `postgresql://` URL naming a host (or a socket) and a database. */
 export const parseKeyStoreLocation = (text: string): Either.Either<KeyStoreLocation, string> => {
   const trimmed = text.trim()
