@@ -181,15 +181,19 @@ export const encodeMessage = (message: JsonRpcMessage): string => `${JSON.string
  * answers that are certainly well-formed successes get here (jsonScan.forwardableAnswer).
  */
 export class ForwardedResponse {
+  /** The child's line, without its newline, as the pieces it arrived in (one for a short line). */
+  readonly pieces: ReadonlyArray<Uint8Array>
+
   constructor(
-    /** The child's line, without its newline. */
-    readonly line: Uint8Array,
-    /** Where the child's id is in `line`: [idStart, idEnd). */
+    line: Uint8Array | ReadonlyArray<Uint8Array>,
+    /** Where the child's id is in the line: [idStart, idEnd), offsets into the whole line. */
     readonly idStart: number,
     readonly idEnd: number,
     /** The caller's id, written in place of the child's. */
     readonly id: JsonRpcId,
-  ) {}
+  ) {
+    this.pieces = line instanceof Uint8Array ? [line] : line
+  }
 }
 
 /** An answer on its way to the client: a message the gateway made, or a child's answer as bytes. */
@@ -201,22 +205,48 @@ export type OutgoingMessage = JsonRpcMessage | ForwardedResponse
 /** The parsed form of an outgoing answer, for the few places that must look inside one. */
 export const parsedResponse = (response: OutgoingResponse): JsonRpcResponse => {
   if (!(response instanceof ForwardedResponse)) return response
-  const parsed = JSON.parse(Buffer.from(response.line).toString("utf8")) as JsonRpcResponse
+  const parsed = JSON.parse(Buffer.concat(response.pieces).toString("utf8")) as JsonRpcResponse
   return { ...parsed, id: response.id }
 }
 
 const newline = Buffer.from("\n")
 
+/** The bytes [start, end) of a line held as pieces, as slices of them (no copy). */
+const sliceOf = (
+  pieces: ReadonlyArray<Uint8Array>,
+  start: number,
+  end: number,
+  out: Array<string | Uint8Array>,
+) => {
+  let from = 0
+  for (const piece of pieces) {
+    const to = from + piece.length
+    if (to > start && from < end)
+      out.push(piece.subarray(Math.max(0, start - from), Math.min(piece.length, end - from)))
+    from = to
+  }
+}
+
 /**
  * An outgoing message as the pieces to write, in order: a forwarded answer is its bytes around the
- * caller's id (slices of the child's line, not copies); any other message its JSON text.
+ * caller's id (slices of the child's chunks, not copies); any other message its JSON text.
  */
-export const encodePieces = (message: OutgoingMessage): ReadonlyArray<string | Uint8Array> =>
-  message instanceof ForwardedResponse
-    ? [
-        message.line.subarray(0, message.idStart),
-        JSON.stringify(message.id),
-        message.line.subarray(message.idEnd),
-        newline,
-      ]
-    : [encodeMessage(message)]
+export const encodePieces = (message: OutgoingMessage): ReadonlyArray<string | Uint8Array> => {
+  if (!(message instanceof ForwardedResponse)) return [encodeMessage(message)]
+  const pieces = message.pieces
+  const only = pieces[0]
+  if (pieces.length === 1 && only !== undefined) {
+    return [
+      only.subarray(0, message.idStart),
+      JSON.stringify(message.id),
+      only.subarray(message.idEnd),
+      newline,
+    ]
+  }
+  const out: Array<string | Uint8Array> = []
+  sliceOf(pieces, 0, message.idStart, out)
+  out.push(JSON.stringify(message.id))
+  sliceOf(pieces, message.idEnd, Number.POSITIVE_INFINITY, out)
+  out.push(newline)
+  return out
+}

@@ -284,3 +284,309 @@ export const forwardableAnswer = (line: Uint8Array): ForwardableAnswer | undefin
   for (let k = id.start; k < id.end; k++) text += String.fromCharCode(line[k] as number)
   return { id: Number(text), idStart: id.start, idEnd: id.end }
 }
+
+/**
+ * A line held as the pieces it arrived in (the child's pipe chunks), read by absolute offset: a long
+ * answer is scanned and forwarded without joining it into one buffer, which would be a second copy
+ * of the whole line. Reads go nearly in order, so the piece of the last read is tried first.
+ */
+export class Pieces {
+  readonly pieces: ReadonlyArray<Uint8Array>
+  readonly length: number
+  private readonly starts: Array<number> = []
+  private current = 0
+
+  constructor(pieces: ReadonlyArray<Uint8Array>) {
+    // An empty piece would hold no offset; dropping it keeps the lookup simple.
+    this.pieces = pieces.filter((piece) => piece.length > 0)
+    let length = 0
+    for (const piece of this.pieces) {
+      this.starts.push(length)
+      length += piece.length
+    }
+    this.length = length
+  }
+
+  /** The byte at `i`, or undefined outside the line. */
+  at(i: number): number | undefined {
+    const index = this.pieceOf(i)
+    return index < 0 ? undefined : (this.pieces[index] as Uint8Array)[i - (this.starts[index] as number)]
+  }
+
+  /** First offset from `i` on that holds a quote, a backslash or a control byte; the length if none. */
+  skipPlain(i: number): number {
+    let index = this.pieceOf(i)
+    if (index < 0) return this.length
+    while (index < this.pieces.length) {
+      const piece = this.pieces[index] as Uint8Array
+      const start = this.starts[index] as number
+      // The bulk of a large result: a tight loop within one piece.
+      for (let k = i - start; k < piece.length; k++) {
+        const c = piece[k] as number
+        if (c === QUOTE || c === BACKSLASH || c < 0x20) {
+          this.current = index
+          return start + k
+        }
+      }
+      index++
+      i = start + piece.length
+    }
+    return this.length
+  }
+
+  /** Index of the piece holding offset `i`, or -1 outside the line. */
+  private pieceOf(i: number): number {
+    if (i < 0 || i >= this.length) return -1
+    let index = this.current
+    while ((this.starts[index] as number) > i) index--
+    while ((this.starts[index] as number) + (this.pieces[index] as Uint8Array).length <= i) index++
+    this.current = index
+    return index
+  }
+}
+
+/** Length of the UTF-8 sequence a lead byte opens (0 for a byte no sequence starts with). */
+const sequenceLength = (lead: number): number =>
+  lead < 0x80 ? 1 : lead < 0xc2 ? 0 : lead < 0xe0 ? 2 : lead < 0xf0 ? 3 : lead < 0xf5 ? 4 : 0
+
+/**
+ * Whether the pieces together are valid UTF-8, as `isUtf8` of their join would say: each piece is
+ * checked whole, and a character split across two pieces is checked from a copy of its few bytes.
+ */
+export const isUtf8Pieces = (pieces: ReadonlyArray<Uint8Array>): boolean => {
+  let carry: Uint8Array = new Uint8Array(0)
+  for (let index = 0; index < pieces.length; index++) {
+    let piece = pieces[index] as Uint8Array
+    if (carry.length > 0) {
+      const need = sequenceLength(carry[0] as number) - carry.length
+      if (need > piece.length && index < pieces.length - 1) {
+        // Still short: the character goes on in the next piece.
+        carry = Buffer.concat([carry, piece])
+        continue
+      }
+      if (!isUtf8(Buffer.concat([carry, piece.subarray(0, need)]))) return false
+      piece = piece.subarray(need)
+      carry = new Uint8Array(0)
+    }
+    let cut = piece.length
+    if (index < pieces.length - 1) {
+      // A sequence opened in the last three bytes but not finished there is carried over.
+      for (let k = piece.length - 1; k >= Math.max(0, piece.length - 3); k--) {
+        const c = piece[k] as number
+        if ((c & 0xc0) === 0x80) continue
+        if (c >= 0xc0 && k + sequenceLength(c) > piece.length) cut = k
+        break
+      }
+    }
+    if (!isUtf8(piece.subarray(0, cut))) return false
+    carry = piece.subarray(cut)
+  }
+  return carry.length === 0
+}
+
+// The scanner again, over pieces: the same grammar and results as scanObject (offsets are into the
+// whole line), read through Pieces. Kept apart so the scan of an ordinary one-piece line pays nothing
+// for this; test/json-scan.test.ts checks the two agree on every split of many lines.
+
+const skipSpaceP = (p: Pieces, i: number): number => {
+  while (i < p.length && isSpace(p.at(i) as number)) i++
+  return i
+}
+
+const skipStringP = (p: Pieces, i: number): number => {
+  const n = p.length
+  i++
+  while (i < n) {
+    i = p.skipPlain(i)
+    if (i >= n) return -1
+    const c = p.at(i) as number
+    if (c === QUOTE) return i + 1
+    if (c === BACKSLASH) {
+      const e = p.at(i + 1)
+      if (e === 0x75) {
+        if (i + 5 >= n) return -1
+        for (let k = 2; k <= 5; k++) if (!isHex(p.at(i + k) as number)) return -1
+        i += 6
+        continue
+      }
+      if (
+        e === QUOTE ||
+        e === BACKSLASH ||
+        e === 0x2f ||
+        e === 0x62 ||
+        e === 0x66 ||
+        e === 0x6e ||
+        e === 0x72 ||
+        e === 0x74
+      ) {
+        i += 2
+        continue
+      }
+      return -1
+    }
+    // A control byte.
+    return -1
+  }
+  return -1
+}
+
+const skipNumberP = (p: Pieces, i: number): number => {
+  if (p.at(i) === MINUS) i++
+  if (p.at(i) === ZERO) i++
+  else if (isDigit(p.at(i) ?? -1)) while (isDigit(p.at(i) ?? -1)) i++
+  else return -1
+  if (p.at(i) === DOT) {
+    i++
+    if (!isDigit(p.at(i) ?? -1)) return -1
+    while (isDigit(p.at(i) ?? -1)) i++
+  }
+  if (p.at(i) === 0x65 || p.at(i) === 0x45) {
+    i++
+    if (p.at(i) === PLUS || p.at(i) === MINUS) i++
+    if (!isDigit(p.at(i) ?? -1)) return -1
+    while (isDigit(p.at(i) ?? -1)) i++
+  }
+  return i
+}
+
+const matchesP = (p: Pieces, i: number, word: string): boolean => {
+  for (let k = 0; k < word.length; k++) if (p.at(i + k) !== word.charCodeAt(k)) return false
+  return true
+}
+
+const isKeyP = (p: Pieces, key: KeySpan, word: string): boolean =>
+  key.keyEnd - key.keyStart === word.length + 2 && matchesP(p, key.keyStart + 1, word)
+
+const hasEscapeP = (p: Pieces, key: KeySpan): boolean => {
+  for (let k = key.keyStart + 1; k < key.keyEnd - 1; k++) if (p.at(k) === BACKSLASH) return true
+  return false
+}
+
+/** scanObject of the pieces' join, without the join. */
+export const scanPieces = (p: Pieces): ScannedObject | undefined => {
+  if (!isUtf8Pieces(p.pieces)) return undefined
+  const n = p.length
+  let i = skipSpaceP(p, 0)
+  if (p.at(i) !== OPEN_BRACE) return undefined
+  const members: Array<ScannedMember> = []
+  const resultKeys: Array<KeySpan> = []
+  const stack: Array<number> = []
+  let depth = 0
+  let inResult = false
+  let memberKeyStart = -1
+  let memberKeyEnd = -1
+  let memberStart = -1
+  let expectKey = false
+  i++
+  stack.push(IN_OBJECT)
+  depth = 1
+  i = skipSpaceP(p, i)
+  if (p.at(i) === CLOSE_BRACE) {
+    i = skipSpaceP(p, i + 1)
+    return i === n ? { members, resultKeys } : undefined
+  }
+  expectKey = true
+  while (true) {
+    if (expectKey) {
+      if (p.at(i) !== QUOTE) return undefined
+      const keyEnd = skipStringP(p, i)
+      if (keyEnd < 0) return undefined
+      if (depth === 1) {
+        memberKeyStart = i
+        memberKeyEnd = keyEnd
+      } else if (depth === 2 && inResult) resultKeys.push({ keyStart: i, keyEnd })
+      i = skipSpaceP(p, keyEnd)
+      if (p.at(i) !== COLON) return undefined
+      i = skipSpaceP(p, i + 1)
+      expectKey = false
+    }
+    if (depth === 1) memberStart = i
+    const c = p.at(i)
+    let end: number
+    if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+      const object = c === OPEN_BRACE
+      if (depth === 1) {
+        inResult = object && isKeyP(p, { keyStart: memberKeyStart, keyEnd: memberKeyEnd }, "result")
+      }
+      stack.push(object ? IN_OBJECT : IN_ARRAY)
+      depth++
+      i = skipSpaceP(p, i + 1)
+      if (p.at(i) === (object ? CLOSE_BRACE : CLOSE_BRACKET)) {
+        stack.pop()
+        depth--
+        end = i + 1
+      } else {
+        expectKey = object
+        continue
+      }
+    } else if (c === QUOTE) {
+      end = skipStringP(p, i)
+    } else if (c === MINUS || isDigit(c ?? -1)) {
+      end = skipNumberP(p, i)
+    } else if (c === 0x74) {
+      end = matchesP(p, i, "true") ? i + 4 : -1
+    } else if (c === 0x66) {
+      end = matchesP(p, i, "false") ? i + 5 : -1
+    } else if (c === 0x6e) {
+      end = matchesP(p, i, "null") ? i + 4 : -1
+    } else {
+      return undefined
+    }
+    if (end < 0) return undefined
+    while (true) {
+      if (depth === 1) {
+        members.push({ keyStart: memberKeyStart, keyEnd: memberKeyEnd, start: memberStart, end })
+      }
+      i = skipSpaceP(p, end)
+      const container = stack[stack.length - 1]
+      const next = p.at(i)
+      if (next === COMMA) {
+        i = skipSpaceP(p, i + 1)
+        expectKey = container === IN_OBJECT
+        break
+      }
+      if (next !== (container === IN_OBJECT ? CLOSE_BRACE : CLOSE_BRACKET)) return undefined
+      stack.pop()
+      depth--
+      end = i + 1
+      if (depth === 1) inResult = false
+      if (depth === 0) {
+        i = skipSpaceP(p, end)
+        return i === n ? { members, resultKeys } : undefined
+      }
+    }
+  }
+}
+
+/** forwardableAnswer of the pieces' join, without the join. */
+export const forwardablePieces = (p: Pieces): ForwardableAnswer | undefined => {
+  const scanned = scanPieces(p)
+  if (scanned === undefined) return undefined
+  let id: ScannedMember | undefined
+  let jsonrpc: ScannedMember | undefined
+  let result = false
+  for (const member of scanned.members) {
+    if (isKeyP(p, member, "id")) {
+      if (id !== undefined) return undefined
+      id = member
+    } else if (isKeyP(p, member, "jsonrpc")) {
+      if (jsonrpc !== undefined) return undefined
+      jsonrpc = member
+    } else if (isKeyP(p, member, "result")) {
+      if (result) return undefined
+      result = true
+    } else if (isKeyP(p, member, "error") || isKeyP(p, member, "method") || hasEscapeP(p, member)) {
+      return undefined
+    }
+  }
+  if (id === undefined || jsonrpc === undefined || !result) return undefined
+  if (jsonrpc.end - jsonrpc.start !== JSONRPC_2_0.length || !matchesP(p, jsonrpc.start, JSONRPC_2_0)) {
+    return undefined
+  }
+  const first = p.at(id.start)
+  if (first !== MINUS && !isDigit(first ?? -1)) return undefined
+  for (const key of scanned.resultKeys) if (isKeyP(p, key, "task") || hasEscapeP(p, key)) return undefined
+  let text = ""
+  for (let k = id.start; k < id.end; k++) text += String.fromCharCode(p.at(k) as number)
+  return { id: Number(text), idStart: id.start, idEnd: id.end }
+}

@@ -3,8 +3,32 @@
  * keeps only its first and last bytes (enough to recover a JSON-RPC id) and skips to the next newline.
  */
 
+/**
+ * A complete line, as the pieces of the chunks it came in. A reader that can take the pieces (the
+ * forwarding of a large answer) avoids joining them, a second copy of the whole line; `bytes` joins
+ * them on first use, and a line that came in one chunk is that one piece, no copy.
+ */
+export class LineFrame {
+  readonly _tag = "Line"
+  private joined: Uint8Array | undefined
+
+  constructor(
+    /** Non-empty, in order, without the newline or a trailing carriage return. */
+    readonly pieces: ReadonlyArray<Uint8Array>,
+    readonly size: number,
+  ) {}
+
+  get bytes(): Uint8Array {
+    if (this.joined === undefined) {
+      this.joined =
+        this.pieces.length === 1 ? (this.pieces[0] as Uint8Array) : Buffer.concat(this.pieces, this.size)
+    }
+    return this.joined
+  }
+}
+
 export type Frame =
-  | { readonly _tag: "Line"; readonly bytes: Uint8Array }
+  | LineFrame
   | { readonly _tag: "Oversized"; readonly size: number; readonly head: string; readonly tail: string }
 
 const HEAD_BYTES = 4096
@@ -88,16 +112,18 @@ export class LineFramer {
       }
     }
     if (this.pendingBytes === 0) return undefined
-    const first = this.pending[0]
-    let line =
-      this.pending.length === 1 && first !== undefined
-        ? first
-        : Buffer.concat(this.pending, this.pendingBytes)
+    const pieces = this.pending
+    let size = this.pendingBytes
     this.pending = []
     this.pendingBytes = 0
-    if (line[line.length - 1] === CARRIAGE_RETURN) line = line.subarray(0, line.length - 1)
+    const last = pieces[pieces.length - 1] as Buffer
+    if (last[last.length - 1] === CARRIAGE_RETURN) {
+      size--
+      if (last.length === 1) pieces.pop()
+      else pieces[pieces.length - 1] = last.subarray(0, last.length - 1)
+    }
     // A line of only white space carries no message; skip it like an empty one.
-    if (line.every((byte) => byte === 0x20 || byte === 0x09)) return undefined
-    return { _tag: "Line", bytes: line }
+    if (pieces.every((piece) => piece.every((byte) => byte === 0x20 || byte === 0x09))) return undefined
+    return new LineFrame(pieces, size)
   }
 }

@@ -18,8 +18,8 @@ import {
   parsedResponse,
   recoverId,
 } from "../../shared/jsonRpc.js"
-import { forwardableAnswer } from "../../shared/jsonScan.js"
-import { LineFramer } from "../../shared/lineFramer.js"
+import { forwardableAnswer, forwardablePieces, Pieces } from "../../shared/jsonScan.js"
+import { type LineFrame, LineFramer } from "../../shared/lineFramer.js"
 import { type Handled, type OutputGate, readFrames, writeWithBackpressure } from "../../shared/streams.js"
 import type { ChildServer } from "../config/GatewayConfig.js"
 import { UpstreamError } from "../errors.js"
@@ -145,14 +145,18 @@ const makeLineHandler = (
 ) => {
   const invalid = (reason: string) =>
     new UpstreamError({ server: name, code: ErrorCode.InternalError, reason })
-  const line = (bytes: Uint8Array): Handled<never> => {
-    // A plain success answer to a caller that takes bytes goes as it is, without a parse.
+  const line = (frame: LineFrame): Handled<never> => {
+    // A plain success answer to a caller that takes bytes goes as it is, without a parse; a long one
+    // as the pieces it came in, never joined.
     if (calls.takesBytes) {
-      const answer = forwardableAnswer(bytes)
-      if (answer !== undefined && calls.settleBytes(answer.id, bytes, answer.idStart, answer.idEnd)) {
+      const pieces = frame.pieces
+      const answer =
+        pieces.length === 1 ? forwardableAnswer(frame.bytes) : forwardablePieces(new Pieces(pieces))
+      if (answer !== undefined && calls.settleBytes(answer.id, pieces, answer.idStart, answer.idEnd)) {
         return undefined
       }
     }
+    const bytes = frame.bytes
     const message = classifyLine(bytes)
     switch (message._tag) {
       case "Response": {
@@ -290,7 +294,7 @@ export const startUpstream = (reaper: ChildReaperShape, server: ChildServer, opt
       new LineFramer(options.maxLineBytes),
       (frame) =>
         frame._tag === "Line"
-          ? handle.line(frame.bytes)
+          ? handle.line(frame)
           : handle.oversized(frame.size, frame.head, frame.tail, options.maxLineBytes),
       options.outputReady,
     ).pipe(Effect.zipRight(Deferred.succeed(outputEnded, undefined)), Effect.forkScoped)

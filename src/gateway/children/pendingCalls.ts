@@ -70,7 +70,7 @@ export class PendingCalls {
     this.forget(id, entry)
     if (outcome instanceof UpstreamError) entry.done(outcome)
     else if (outcome instanceof ForwardedResponse) {
-      entry.done(new ForwardedResponse(outcome.line, outcome.idStart, outcome.idEnd, entry.callerId))
+      entry.done(new ForwardedResponse(outcome.pieces, outcome.idStart, outcome.idEnd, entry.callerId))
     } else entry.done({ ...outcome, id: entry.callerId })
     return true
   }
@@ -84,7 +84,12 @@ export class PendingCalls {
    * Settle `id` with the child's answer as bytes, the id at [idStart, idEnd) to be replaced by the
    * caller's; false (nothing done) when `id` is not pending or its caller wants a parsed answer.
    */
-  settleBytes(id: number, line: Uint8Array, idStart: number, idEnd: number): boolean {
+  settleBytes(
+    id: number,
+    line: Uint8Array | ReadonlyArray<Uint8Array>,
+    idStart: number,
+    idEnd: number,
+  ): boolean {
     const entry = this.pending.get(id)
     if (entry === undefined || !entry.takesBytes) return false
     this.forget(id, entry)

@@ -167,6 +167,8 @@ export const coalescedWriter = (output: Writable) => {
       } else {
         run.push(buffer)
         runBytes += buffer.length
+        // A long answer in small pieces is joined a run at a time, never into one copy of it all.
+        if (runBytes >= ownWriteBytes) writeRun()
       }
     }
     writeRun()
