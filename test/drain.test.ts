@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { chmodSync, rmSync, writeFileSync } from "node:fs"
+import { createConnection, type Socket } from "node:net"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import {
@@ -299,5 +300,30 @@ describe("/ready and /health through the gateway's life", () => {
     })
     const statuses = await Promise.all(Array.from({ length: 20 }, () => get(gateway?.keyApiUrl, "/ready")))
     expect(statuses.map((reply) => reply.status)).toEqual(Array.from({ length: 20 }, () => 200))
+  })
+})
+
+describe("connections still in their handshake", () => {
+  it("are closed when the gateway stops, and do not hold it up", async () => {
+    gateway = await drainingGateway(60)
+    const running = gateway
+    // Each has sent its identification line and had the gateway's: ssh2 holds it, mid key exchange.
+    const sockets = await Promise.all(
+      [1, 2, 3].map(
+        () =>
+          new Promise<Socket>((resolve, reject) => {
+            const socket = createConnection({ host: "127.0.0.1", port: running.port })
+            socket.once("error", reject)
+            socket.once("data", () => resolve(socket))
+            socket.write("SSH-2.0-test\r\n")
+          }),
+      ),
+    )
+    const closed = sockets.map(
+      (socket) => new Promise<void>((resolve) => socket.once("close", () => resolve())),
+    )
+    signalProcess(running.pid, "SIGTERM")
+    expect(await running.exited).toEqual({ code: 0, signal: null })
+    await Promise.all(closed)
   })
 })

@@ -9,6 +9,8 @@ import { Effect, type Scope } from "effect"
 
 export interface Recent<A> {
   readonly get: Effect.Effect<A>
+  /** The value when memory still answers (fresh, not invalidated), without a fiber: the login path. */
+  readonly peek: () => A | undefined
   /** The files changed: the next `get` loads. */
   readonly invalidate: () => void
 }
@@ -34,7 +36,8 @@ export const recentWithin = <A>(load: Effect.Effect<A>, millis: number): Recent<
       }),
     )
   })
-  return { get, invalidate }
+  const peek = () => (value !== undefined && performance.now() - loadedAt < millis ? value.loaded : undefined)
+  return { get, peek, invalidate }
 }
 
 /**

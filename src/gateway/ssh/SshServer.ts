@@ -11,12 +11,13 @@ import {
   Duration,
   Effect,
   Exit,
+  FiberId,
   FiberSet,
   Layer,
-  Option,
   Queue,
   Runtime,
   Schedule,
+  Scope,
 } from "effect"
 import { expandHome } from "../../shared/paths.js"
 import { type Algorithms, type Connection, type ServerChannel, Ssh2Server } from "../../shared/ssh2.js"
@@ -28,13 +29,13 @@ import { trustedProxiesOf } from "../keys/keyApiRules.js"
 import { RevokedKeys } from "../keys/RevokedKeys.js"
 import { recentWithin, watchFiles } from "../keys/recentFiles.js"
 import { Drain } from "../ops/Drain.js"
-import { Metrics } from "../ops/Metrics.js"
+import { type ConnectionOutcome, Metrics } from "../ops/Metrics.js"
 import { McpSession } from "../session/McpSession.js"
 import { wireClient } from "./clientEvents.js"
 import { HostKey } from "./HostKey.js"
 import { LiveConnections } from "./liveConnections.js"
 import type { Credentials, Grant } from "./loginDecision.js"
-import { type ProxyHeaderRefused, refuseUntrustedProxyHeader, resolvePeer } from "./proxiedSocket.js"
+import { refuseUntrustedProxyHeader, resolvePeer } from "./proxiedSocket.js"
 import { type Peer, peerText, proxyHeaderTimeoutSeconds } from "./proxyProtocol.js"
 import { StartupLimits } from "./startupLimits.js"
 
@@ -119,7 +120,10 @@ export const SshServerLive = Layer.scoped(
 
     const connections = yield* FiberSet.make<void, never>()
     const runConnection = yield* FiberSet.runtime(connections)<never>()
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const runtime = yield* Effect.runtime<never>()
+    const runFork = Runtime.runFork(runtime)
+    /** For log lines from callbacks: synchronous, so no fiber is scheduled. */
+    const runSync = Runtime.runSync(runtime)
 
     const live = new LiveConnections()
     /** Both files as they are now (each re-read only when it changed). */
@@ -265,49 +269,124 @@ export const SshServerLive = Layer.scoped(
         yield* Effect.logInfo(`closed: ${ended}`).pipe(Effect.annotateLogs({ client: identity.fingerprint }))
       })
 
-    /** `peer`: the client, as the socket or a trusted proxy's header says (see proxiedSocket.ts). */
-    const handleConnection = (socket: Socket, peer: Peer) =>
-      Effect.gen(function* () {
+    /**
+     * Connections not yet authenticated, owned by the server scope: closing it ends each (with its
+     * socket, slots and timers), so nothing outlives the server mid-handshake.
+     */
+    const preAuth = new Set<() => void>()
+    let serverClosed = false
+
+    const trustedProxies = trustedProxiesOf(settings.trustedProxies)
+    const headerTimeout = Duration.seconds(proxyHeaderTimeoutSeconds(settings.loginGraceTime))
+    const grace = Duration.seconds(settings.loginGraceTime)
+    const withCredentials = (use: (credentials: Credentials) => void) => {
+      const now = recentFiles.peek()
+      if (now === undefined) runFork(Effect.map(credentials, use))
+      else use({ keys: now[0].keys, revoked: now[1] })
+    }
+
+    /**
+     * One accepted socket. Until authentication it runs on plain callbacks, not fibers (the handshake
+     * is the hot path of a new connection): its state below is owned by this closure alone, and
+     * `releases` is what ending it undoes. At authentication the releases pass to a Scope, and the
+     * connection becomes a fiber of the server (see whileAuthenticated).
+     */
+    const acceptConnection = (socket: Socket) => {
+      socket.on("error", () => {})
+      if (serverClosed) return socket.destroy()
+      let annotations: Record<string, string> = { remote: `${socket.remoteAddress}:${socket.remotePort}` }
+      let remote = annotations.remote ?? ""
+      const log = (effect: Effect.Effect<void>) => runSync(Effect.annotateLogs(effect, annotations))
+      /** Undone last to first: the socket first in, so destroyed last. */
+      const releases: Array<() => void> = [() => socket.destroy()]
+      const releaseAll = () => {
+        for (let i = releases.length - 1; i >= 0; i--) releases[i]?.()
+        releases.length = 0
+      }
+      let phase: "handshake" | "authenticated" | "ended" = "handshake"
+      /** End before authentication, once: its reason logged, its outcome counted, everything released. */
+      const end = (outcome?: ConnectionOutcome, why?: Effect.Effect<void>) => {
+        if (phase !== "handshake") return
+        phase = "ended"
+        preAuth.delete(end)
+        if (outcome !== undefined) metrics.connectionOutcome(outcome)
+        if (why !== undefined) log(why)
+        releaseAll()
+      }
+      preAuth.add(end)
+      let closed: Deferred.Deferred<void> | undefined
+
+      /** `peer`: the client, as the socket or a trusted proxy's header says (see proxiedSocket.ts). */
+      const handshake = (peer: Peer) => {
         const source = peer.address
-        const remote = peerText(peer)
-        yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
-        yield* Effect.acquireRelease(
-          Effect.sync(() => metrics.connectionOpened(socket)),
-          (closed) => Effect.sync(closed),
-        )
+        remote = peerText(peer)
+        annotations = { remote, ...(peer.proxy === undefined ? {} : { proxy: peer.proxy }) }
+        releases.push(metrics.connectionOpened(socket))
         // Counted as unauthenticated from accept until login (or close).
         const admitted = startups.admit(source)
         if (typeof admitted !== "function") {
-          metrics.connectionOutcome("limited")
-          return yield* Effect.logWarning(
-            `refused connection: ${admitted.total} unauthenticated connections (${admitted.fromSource} from this address) at the limit`,
+          return end(
+            "limited",
+            Effect.logWarning(
+              `refused connection: ${admitted.total} unauthenticated connections (${admitted.fromSource} from this address) at the limit`,
+            ),
           )
         }
         const uncount = admitted
-        yield* Effect.addFinalizer(() => Effect.sync(uncount))
+        releases.push(uncount)
         socket.setNoDelay(true)
 
-        const closed = yield* Deferred.make<void>()
-        socket.once("close", () => Deferred.unsafeDone(closed, Exit.void))
-        const run = (effect: Effect.Effect<void>) => runFork(effect.pipe(Effect.annotateLogs({ remote })))
+        /** Logs of ssh2's callbacks, in either phase. */
+        const run = (effect: Effect.Effect<void>) => runSync(Effect.annotateLogs(effect, { remote }))
         /**
          * End the connection at once, saying why. ssh2 only half-closes after an error and goes on
          * parsing what still arrives (after a bad packet length, into a buffer of that length).
          */
         let dropped = false
-        const drop = (log: Effect.Effect<void>) => {
+        const drop = (why: Effect.Effect<void>) => {
           if (dropped) return
           dropped = true
-          run(log)
-          socket.destroy()
+          run(why)
+          if (phase === "handshake") end("refused")
+          else socket.destroy()
         }
-        const authenticated = yield* Deferred.make<{
-          readonly identity: ClientIdentity
-          readonly grant: Grant
-        }>()
-        const sessions = yield* FiberSet.make<void, never>()
-        const runSession = yield* FiberSet.runtime(sessions)<never>()
         let connection: Connection | undefined
+        let runSession: ((effect: Effect.Effect<void>) => unknown) | undefined
+        let identity: ClientIdentity | undefined
+
+        /** Login: the releases pass to a Scope, and the rest of the connection is a server fiber. */
+        const authenticated = (login: ClientIdentity, grant: Grant) => {
+          if (phase !== "handshake") return
+          if (serverClosed) return end()
+          phase = "authenticated"
+          preAuth.delete(end)
+          clearTimeout(graceTimer)
+          metrics.connectionOutcome("authenticated")
+          uncount()
+          identity = login
+          const connectionClosed = Deferred.unsafeMake<void>(FiberId.none)
+          closed = connectionClosed
+          if (socket.destroyed) Deferred.unsafeDone(connectionClosed, Exit.void)
+          const { scope, sessions, runIn } = runSync(
+            Effect.gen(function* () {
+              const scope = yield* Scope.make()
+              // Added first, so run last: the sessions end before the socket.
+              yield* Scope.addFinalizer(scope, Effect.sync(releaseAll))
+              const sessions = yield* FiberSet.make<void, never>().pipe(Scope.extend(scope))
+              const runIn = yield* FiberSet.runtime(sessions)<never>()
+              return { scope, sessions, runIn }
+            }),
+          )
+          runSession = runIn
+          runConnection(
+            whileAuthenticated(login, grant, connectionClosed, sessions, () => connection).pipe(
+              Scope.extend(scope),
+              Effect.onExit((exit) => Scope.close(scope, exit)),
+              Effect.annotateLogs(annotations),
+            ),
+          )
+        }
+
         const watch = identificationWatch(socket, () => connection !== undefined, drop)
         const attach = (client: Connection) => {
           connection = client
@@ -318,27 +397,29 @@ export const SshServerLive = Layer.scoped(
             run,
             drop,
             clientAddress: source,
-            credentials,
+            withCredentials,
             authFailed: metrics.authFailed,
-            authenticated: (identity, grant) =>
-              Deferred.unsafeDone(authenticated, Exit.succeed({ identity, grant })),
-            closed: () => Deferred.unsafeDone(closed, Exit.void),
+            authenticated,
+            closed: () => {
+              if (closed !== undefined) Deferred.unsafeDone(closed, Exit.void)
+            },
             ready: uncount,
-            startMcp: (channel, selection) =>
+            startMcp: (channel, selection) => {
+              // ssh2 opens no channel before authentication; refuse one all the same.
+              if (runSession === undefined || identity === undefined) return channel.destroy()
               runSession(
-                Deferred.await(authenticated).pipe(
-                  Effect.flatMap((login) => serveChannel(channel, selection, login.identity)),
+                serveChannel(channel, selection, identity).pipe(
                   Effect.onInterrupt(() => Effect.sync(() => channel.destroy())),
                   Effect.annotateLogs({ remote }),
                 ),
-              ),
+              )
+            },
           })
         }
 
-        awaitingHandshake.set(socketKey(socket.remoteAddress, socket.remotePort), attach)
-        yield* Effect.addFinalizer(() =>
-          Effect.sync(() => awaitingHandshake.delete(socketKey(socket.remoteAddress, socket.remotePort))),
-        )
+        const key = socketKey(socket.remoteAddress, socket.remotePort)
+        awaitingHandshake.set(key, attach)
+        releases.push(() => awaitingHandshake.delete(key))
         ssh2.injectSocket(socket)
         // Added after ssh2's pause (so the socket does not flow early) and before its own listener.
         refuseUntrustedProxyHeader(socket, peer, (reason) =>
@@ -346,46 +427,36 @@ export const SshServerLive = Layer.scoped(
         )
         socket.on("data", watch.listener)
 
-        const grace = Duration.seconds(settings.loginGraceTime)
-        const login = yield* Effect.raceFirst(
-          Deferred.await(authenticated).pipe(Effect.map(Option.some)),
-          Deferred.await(closed).pipe(Effect.as(Option.none())),
-        ).pipe(Effect.timeout(grace), Effect.option)
-        if (Option.isNone(login) || Option.isNone(login.value)) metrics.connectionOutcome("refused")
-        if (Option.isNone(login)) {
-          return yield* Effect.logInfo(`closed: not authenticated within ${Duration.format(grace)}`)
-        }
-        if (Option.isNone(login.value)) return
-        metrics.connectionOutcome("authenticated")
-        uncount()
-        const { identity, grant } = login.value.value
-        yield* whileAuthenticated(identity, grant, closed, sessions, () => connection)
-      }).pipe(
-        Effect.scoped,
-        Effect.annotateLogs({
-          remote: peerText(peer),
-          ...(peer.proxy === undefined ? {} : { proxy: peer.proxy }),
+        const graceTimer = setTimeout(
+          () => end("refused", Effect.logInfo(`closed: not authenticated within ${Duration.format(grace)}`)),
+          Duration.toMillis(grace),
+        )
+        releases.push(() => clearTimeout(graceTimer))
+      }
+
+      /** Learn who the client is (a trusted proxy's PROXY header first), then serve it. */
+      releases.push(
+        resolvePeer(socket, trustedProxies, headerTimeout, {
+          resolved: handshake,
+          refused: (reason) => end("refused", Effect.logWarning(`refused connection: ${reason}`)),
         }),
       )
+      // After the PROXY header reader's own listener, which says why a proxy closed early.
+      socket.once("close", () => {
+        if (closed !== undefined) Deferred.unsafeDone(closed, Exit.void)
+        else end("refused")
+      })
+    }
 
-    const trustedProxies = trustedProxiesOf(settings.trustedProxies)
-    const headerTimeout = Duration.seconds(proxyHeaderTimeoutSeconds(settings.loginGraceTime))
-    /** Learn who the client is (a trusted proxy's PROXY header first), then serve it. */
-    const acceptConnection = (socket: Socket) =>
-      resolvePeer(socket, trustedProxies, headerTimeout).pipe(
-        Effect.flatMap((peer) => handleConnection(socket, peer)),
-        Effect.catchTag("ProxyHeaderRefused", (refused: ProxyHeaderRefused) => {
-          metrics.connectionOutcome("refused")
-          return Effect.logWarning(`refused connection: ${refused.reason}`)
-        }),
-        Effect.ensuring(Effect.sync(() => socket.destroy())),
-        Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }),
-      )
-
-    const netServer = createServer({ noDelay: true }, (socket) => {
-      socket.on("error", () => {})
-      runConnection(acceptConnection(socket))
-    })
+    const netServer = createServer({ noDelay: true }, acceptConnection)
+    // Runs after the listener has closed (finalizers run last to first): no connection is left
+    // mid-handshake, and none is admitted after.
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        serverClosed = true
+        for (const end of [...preAuth]) end()
+      }),
+    )
     const address = yield* Effect.acquireRelease(listen(netServer, settings.host, settings.port), () =>
       // Stop accepting now; open connections end when the FiberSet above is interrupted.
       Effect.sync(() => netServer.close()),

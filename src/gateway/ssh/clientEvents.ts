@@ -33,8 +33,11 @@ export interface ClientWiring {
   readonly run: (effect: Effect.Effect<void>) => void
   /** End the connection at once, saying why. */
   readonly drop: (log: Effect.Effect<void>) => void
-  /** The authorized keys and revoked keys as they are now. */
-  readonly credentials: Effect.Effect<Credentials>
+  /**
+   * Call `use` with the authorized keys and revoked keys as they are now: at once when memory
+   * answers, which is the usual case (no fiber on the login path).
+   */
+  readonly withCredentials: (use: (credentials: Credentials) => void) => void
   /** Counts a failed attempt, by kind (for the metrics). */
   readonly authFailed: (reason: AuthFailureReason) => void
   /** `grant` tells later whether the files still let this login in (see SshServer's recheck). */
@@ -106,7 +109,7 @@ const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
       }
       context.accept()
     }
-    wiring.run(Effect.map(wiring.credentials, decide))
+    wiring.withCredentials(decide)
   })
 }
 

@@ -5,81 +5,94 @@
  * ssh2. A socket from anyone else is the client itself, and opening with a PROXY header is refused.
  */
 import type { Socket } from "node:net"
-import { Data, Duration, Effect } from "effect"
+import { Duration } from "effect"
 import { type CidrList, matchCidrList } from "../identity/addressPatterns.js"
 import { type Peer, type ProxyHeader, parseProxyHeader, peerOf, untrustedOpening } from "./proxyProtocol.js"
 
-/** A connection refused before SSH: a bad, missing or late PROXY header, or one nobody trusts. */
-export class ProxyHeaderRefused extends Data.TaggedError("ProxyHeaderRefused")<{
-  readonly reason: string
-}> {}
-
 type ParsedHeader = Extract<ProxyHeader, { _tag: "Parsed" }>
+
+/** What became of reading who a socket comes from: exactly one of these is called, once. */
+export interface PeerCallbacks {
+  readonly resolved: (peer: Peer) => void
+  /** A bad, missing or late PROXY header, or one nobody trusts; `reason` is for the log. */
+  readonly refused: (reason: string) => void
+}
 
 /**
  * Read the PROXY header at the start of `socket`. On success the socket is paused with the bytes
  * after the header put back, so ssh2 reads the client's first bytes as if nothing came before.
+ * Plain callbacks, not a fiber: this runs for every connection before authentication. Gives the
+ * function that stops reading (the connection's owner calls it when it ends the connection first).
  */
-const readProxyHeader = (socket: Socket, timeout: Duration.Duration) =>
-  Effect.async<ParsedHeader, ProxyHeaderRefused>((resume) => {
-    let received: Buffer = Buffer.alloc(0)
-    const stop = () => {
-      socket.off("data", onData)
-      socket.off("end", onEnd)
-      socket.off("close", onEnd)
-    }
-    const refuse = (reason: string) => {
-      stop()
-      resume(Effect.fail(new ProxyHeaderRefused({ reason })))
-    }
-    // The parser refuses a header past its size limit (107 bytes for v1, 1040 for v2), so at most
-    // that and one read are ever held here.
-    function onData(chunk: Buffer) {
-      received = received.length === 0 ? chunk : Buffer.concat([received, chunk])
-      const header = parseProxyHeader(received)
-      if (header._tag === "Incomplete") return
-      if (header._tag === "Invalid") return refuse(`${header.reason} from a trusted proxy`)
-      socket.pause()
-      stop()
-      const rest = received.subarray(header.consumed)
-      if (rest.length > 0) socket.unshift(rest)
-      resume(Effect.succeed(header))
-    }
-    function onEnd() {
-      refuse("closed by the trusted proxy before its PROXY header")
-    }
-    socket.on("data", onData)
-    socket.once("end", onEnd)
-    socket.once("close", onEnd)
-    return Effect.sync(stop)
-  }).pipe(
-    Effect.timeoutFail({
-      duration: timeout,
-      onTimeout: () =>
-        new ProxyHeaderRefused({
-          reason: `no PROXY header from a trusted proxy within ${Duration.format(timeout)}`,
-        }),
-    }),
+const readProxyHeader = (
+  socket: Socket,
+  timeout: Duration.Duration,
+  done: (header: ParsedHeader | { readonly refused: string }) => void,
+) => {
+  let received: Buffer = Buffer.alloc(0)
+  const stop = () => {
+    clearTimeout(timer)
+    socket.off("data", onData)
+    socket.off("end", onEnd)
+    socket.off("close", onEnd)
+  }
+  const refuse = (reason: string) => {
+    stop()
+    done({ refused: reason })
+  }
+  // The parser refuses a header past its size limit (107 bytes for v1, 1040 for v2), so at most
+  // that and one read are ever held here.
+  function onData(chunk: Buffer) {
+    received = received.length === 0 ? chunk : Buffer.concat([received, chunk])
+    const header = parseProxyHeader(received)
+    if (header._tag === "Incomplete") return
+    if (header._tag === "Invalid") return refuse(`${header.reason} from a trusted proxy`)
+    socket.pause()
+    stop()
+    const rest = received.subarray(header.consumed)
+    if (rest.length > 0) socket.unshift(rest)
+    done(header)
+  }
+  function onEnd() {
+    refuse("closed by the trusted proxy before its PROXY header")
+  }
+  const timer = setTimeout(
+    () => refuse(`no PROXY header from a trusted proxy within ${Duration.format(timeout)}`),
+    Duration.toMillis(timeout),
   )
+  socket.on("data", onData)
+  socket.once("end", onEnd)
+  socket.once("close", onEnd)
+  return stop
+}
 
 /**
  * Who `socket` comes from: from a trusted proxy, the client its header names (the header is read
- * first); from anyone else, the socket's own peer.
+ * first); from anyone else, the socket's own peer (answered at once). Gives the function that stops
+ * a read still under way.
  */
 export const resolvePeer = (
   socket: Socket,
   trusted: CidrList | undefined,
   headerTimeout: Duration.Duration,
-) =>
-  Effect.gen(function* () {
-    const address = socket.remoteAddress
-    const port = socket.remotePort ?? 0
-    if (address === undefined)
-      return yield* new ProxyHeaderRefused({ reason: "the connection closed before it could be read" })
-    if (trusted === undefined || !matchCidrList(trusted, address)) return peerOf(address, port, undefined)
-    const header = yield* readProxyHeader(socket, headerTimeout)
-    return peerOf(address, port, header)
-  })
+  callbacks: PeerCallbacks,
+): (() => void) => {
+  const address = socket.remoteAddress
+  const port = socket.remotePort ?? 0
+  if (address === undefined) {
+    callbacks.refused("the connection closed before it could be read")
+    return () => {}
+  }
+  if (trusted === undefined || !matchCidrList(trusted, address)) {
+    callbacks.resolved(peerOf(address, port, undefined))
+    return () => {}
+  }
+  return readProxyHeader(socket, headerTimeout, (header) =>
+    "refused" in header
+      ? callbacks.refused(header.refused)
+      : callbacks.resolved(peerOf(address, port, header)),
+  )
+}
 
 /**
  * For a direct peer: watch its first bytes, and `refuse` (once) if they are a PROXY header. Added
