@@ -5,7 +5,13 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { type FakeServerScript, type FakeTool, startGateway, text, toolNames } from "../support/inprocess/index.js"
+import {
+  type FakeServerScript,
+  type FakeTool,
+  startGateway,
+  text,
+  toolNames,
+} from "../support/inprocess/index.js"
 
 const echo: FakeTool = {
   name: "echo",
