@@ -39,7 +39,7 @@ export const usage = `Usage: npm run bench -- [options]   (or: vite-node bench/r
   --output FILE       where to write the JSON results (default: bench/results/latest.json)
   --markdown          print the tables as Markdown (as in bench/README.md) instead of plain text
   --from FILE         run nothing: print the report of a saved JSON file (e.g. an older latest.json)
-  --time-limit SEC    stop and clean up after SEC seconds (default: 540; quick: 180)
+  --time-limit SEC    stop and clean up after SEC seconds (default: 900; quick: 180)
   --metrics           latency: run every gateway with metrics on (--metrics-port 0), to compare with a run without
   --help              this text
 
@@ -126,7 +126,7 @@ export const parseOptions = (
     output,
     markdown,
     from,
-    timeLimitSeconds: timeLimit ?? (quick ? 180 : 540),
+    timeLimitSeconds: timeLimit ?? (quick ? 180 : 900),
     metrics,
   }
 }
