@@ -17,9 +17,10 @@ import type { Client as Ssh2Connection } from "ssh2"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { initializeRequest, type RunningClient, startClient } from "./support/client.js"
 import { type ClientKey, makeKey, node, tempDir } from "./support/gateway.js"
-import { haproxyPath, type RunningHaproxy, startHaproxy } from "./support/haproxy.js"
+import { type RunningHaproxy, startHaproxy } from "./support/haproxy.js"
 import { removeDir } from "./support/openssh.js"
-import { type PostgresServer, postgresBinDir, startPostgres } from "./support/postgres.js"
+import { withoutHaproxy, withoutPostgres } from "./support/optionalServers.js"
+import { type PostgresServer, startPostgres } from "./support/postgres.js"
 import { checkedPid, signalProcess, waitUntil } from "./support/processes.js"
 import { type Fleet, type Replica, startReplicas } from "./support/replicas.js"
 import { connect, openLineChannel } from "./support/ssh.js"
@@ -146,7 +147,7 @@ const echo = (client: RunningClient, id: string, message: string) =>
     params: { name: "mini__echo", arguments: { message } },
   })
 
-describe.skipIf(haproxyPath === undefined)("a fleet of 3 replicas behind HAProxy", () => {
+describe.skipIf(withoutHaproxy)("a fleet of 3 replicas behind HAProxy", () => {
   // Started for this describe only: the PostgreSQL describe's fleet does not run beside it.
   beforeAll(async () => {
     setup = await startFleet()
@@ -294,15 +295,6 @@ const adminToken = "admin-token-for-the-fleet-0123456789"
 const propagation = 1_000
 const slack = 1_000
 
-const postgresInstalled = (() => {
-  try {
-    postgresBinDir()
-    return true
-  } catch {
-    return false
-  }
-})()
-
 const keyApi = async (replica: Replica, path: string, json: unknown, bearer: string) => {
   const response = await fetch(`${replica.gateway.keyApiUrl}${path}`, {
     method: "POST",
@@ -329,7 +321,7 @@ const within = async <A>(
   }
 }
 
-describe.skipIf(haproxyPath === undefined || !postgresInstalled)(
+describe.skipIf(withoutHaproxy || withoutPostgres)(
   "a fleet of 3 replicas on one PostgreSQL key store, behind HAProxy",
   () => {
     let pg: PostgresServer | undefined

@@ -23,6 +23,7 @@ import {
   startGateway,
   tempDir,
 } from "./support/gateway.js"
+import { withoutPostgres } from "./support/optionalServers.js"
 import { type PostgresServer, startPostgres } from "./support/postgres.js"
 import { connect, openLineChannel } from "./support/ssh.js"
 
@@ -92,7 +93,7 @@ const until = async <A>(deadlineMs: number, attempt: () => Promise<A>): Promise<
   }
 }
 
-describe("the PostgreSQL key store", () => {
+describe.skipIf(withoutPostgres)("the PostgreSQL key store", () => {
   let pg: PostgresServer
   let url: string
   let dir: string

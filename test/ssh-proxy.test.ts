@@ -20,8 +20,9 @@ import {
   startGateway,
   tempDir,
 } from "./support/gateway.js"
-import { haproxyPath, type RunningHaproxy, startHaproxy } from "./support/haproxy.js"
+import { type RunningHaproxy, startHaproxy } from "./support/haproxy.js"
 import { removeDir } from "./support/openssh.js"
+import { withoutHaproxy } from "./support/optionalServers.js"
 import { connect, hostPublicKey, openLineChannel } from "./support/ssh.js"
 
 let dir = ""
@@ -32,7 +33,7 @@ let haproxyV2: RunningHaproxy | undefined
 let haproxyV1: RunningHaproxy | undefined
 
 beforeAll(async () => {
-  if (haproxyPath === undefined) return
+  if (withoutHaproxy) return
   dir = tempDir("mcp-ssh-proxy-")
   nearKey = makeKey(dir, "near")
   gateway = await startGateway({
@@ -169,7 +170,7 @@ const v2Header = (source: [number, number, number, number], sourcePort: number) 
 
 const v2Local = () => Buffer.concat([proxyV2Signature, Buffer.from([0x20, 0x00, 0x00, 0x00])])
 
-describe.skipIf(haproxyPath === undefined)("the SSH listener behind HAProxy", () => {
+describe.skipIf(withoutHaproxy)("the SSH listener behind HAProxy", () => {
   it("OpenSSH through HAProxy (PROXY v2): from=, the log and the audit see the client's own address", async () => {
     if (gateway === undefined || haproxyV2 === undefined || nearKey === undefined) throw new Error("no setup")
     const through = await opensshPing(haproxyV2.port, "127.0.0.2", nearKey)
