@@ -32,6 +32,30 @@ export interface IssuedToken {
   readonly identity: TokenIdentity
 }
 
+/** Both stores' last step of `create`: log the new token (never the secret) and say what was issued. */
+export const announceIssued = (
+  record: TokenRecord,
+  token: string,
+  uses: number,
+): Effect.Effect<IssuedToken> => {
+  const names = [
+    ...(record.identity === undefined ? [] : [`identity ${record.identity}`]),
+    ...(record.groups === undefined ? [] : [`groups ${record.groups.join(",")}`]),
+  ]
+  return Effect.as(
+    Effect.logInfo(
+      `created enrollment token ${record.id} (${uses} use(s), until ${record.expires_at}${names.map((name) => `, ${name}`).join("")})`,
+    ),
+    {
+      token,
+      id: record.id,
+      uses,
+      expiresAt: record.expires_at,
+      identity: { identity: record.identity, groups: record.groups ?? [] },
+    },
+  )
+}
+
 export interface EnrollmentTokensShape {
   /** The token file, or the database URL without password. */
   readonly path: string
@@ -109,20 +133,7 @@ export const EnrollmentTokensLive = Layer.effect(
               identity,
             })
             yield* write([...pruneExpired(yield* read, yield* now), record])
-            const names = [
-              ...(record.identity === undefined ? [] : [`identity ${record.identity}`]),
-              ...(record.groups === undefined ? [] : [`groups ${record.groups.join(",")}`]),
-            ]
-            yield* Effect.logInfo(
-              `created enrollment token ${record.id} (${uses} use(s), until ${record.expires_at}${names.map((name) => `, ${name}`).join("")})`,
-            )
-            return {
-              token,
-              id: record.id,
-              uses,
-              expiresAt: record.expires_at,
-              identity: { identity: record.identity, groups: record.groups ?? [] },
-            }
+            return yield* announceIssued(record, token, uses)
           }),
         ),
       check: (token, fingerprint) =>

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from "node:crypto"
 import { Clock, Effect, Layer } from "effect"
-import { EnrollmentTokens, type EnrollmentTokensShape, type IssuedToken } from "./EnrollmentTokens.js"
+import { announceIssued, EnrollmentTokens, type EnrollmentTokensShape } from "./EnrollmentTokens.js"
 import { KeyDatabase, type Querier } from "./KeyDatabase.js"
 import { KeyStore } from "./KeyStore.js"
 import {
@@ -61,20 +61,7 @@ export const PostgresEnrollmentTokensLive = Layer.effect(
             yield* database.transaction((tx) =>
               writeChanges(tx, records, [...pruneExpired(records, at), record]),
             )
-            const names = [
-              ...(record.identity === undefined ? [] : [`identity ${record.identity}`]),
-              ...(record.groups === undefined ? [] : [`groups ${record.groups.join(",")}`]),
-            ]
-            yield* Effect.logInfo(
-              `created enrollment token ${record.id} (${uses} use(s), until ${record.expires_at}${names.map((name) => `, ${name}`).join("")})`,
-            )
-            return {
-              token,
-              id: record.id,
-              uses,
-              expiresAt: record.expires_at,
-              identity: { identity: record.identity, groups: record.groups ?? [] },
-            } satisfies IssuedToken
+            return yield* announceIssued(record, token, uses)
           }),
         ),
       check: (token, fingerprint) =>
