@@ -6,9 +6,7 @@
  * A header from a peer the gateway does not trust, or no header from one it does, is refused.
  */
 import { spawn } from "node:child_process"
-import { writeFileSync } from "node:fs"
 import { createConnection, type Socket } from "node:net"
-import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { proxyV2Signature } from "../src/gateway/ssh/proxyProtocol.js"
 import {
@@ -23,7 +21,7 @@ import {
 import { type RunningHaproxy, startHaproxy } from "./support/haproxy.js"
 import { removeDir } from "./support/openssh.js"
 import { withoutHaproxy } from "./support/optionalServers.js"
-import { connect, hostPublicKey, openLineChannel } from "./support/ssh.js"
+import { connect, openLineChannel, opensshArgs } from "./support/ssh.js"
 
 let dir = ""
 let nearKey: ClientKey | undefined
@@ -65,37 +63,9 @@ const opensshPing = (port: number, source: string, key: ClientKey) =>
   new Promise<{ readonly code: number | null; readonly stdout: string; readonly stderr: string }>(
     (resolve) => {
       if (gateway === undefined) throw new Error("no gateway")
-      const knownHosts = join(dir, `known_hosts_${port}`)
-      writeFileSync(knownHosts, `[127.0.0.1]:${port} ${hostPublicKey(gateway)}\n`)
-      const ssh = spawn(
-        "ssh",
-        [
-          "-T",
-          "-b",
-          source,
-          "-p",
-          String(port),
-          "-i",
-          key.privatePath,
-          "-F",
-          "/dev/null",
-          "-o",
-          "IdentitiesOnly=yes",
-          "-o",
-          "IdentityAgent=none",
-          "-o",
-          "BatchMode=yes",
-          "-o",
-          `UserKnownHostsFile=${knownHosts}`,
-          "-o",
-          "StrictHostKeyChecking=yes",
-          "-o",
-          "LogLevel=ERROR",
-          "mcp@127.0.0.1",
-          "mini",
-        ],
-        { stdio: ["pipe", "pipe", "pipe"] },
-      )
+      const ssh = spawn("ssh", [...opensshArgs(gateway, key.privatePath, { port, source }), "mini"], {
+        stdio: ["pipe", "pipe", "pipe"],
+      })
       let stdout = ""
       let stderr = ""
       ssh.stdout.on("data", (chunk: Buffer) => {

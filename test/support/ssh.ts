@@ -222,13 +222,17 @@ export class ChannelTransport implements Transport {
 export const opensshArgs = (
   gateway: RunningGateway,
   keyPath = gateway.clientKey.privatePath,
+  /** Another port in front of the gateway (a load balancer), and the local address to connect from. */
+  via: { readonly port?: number; readonly source?: string } = {},
 ): Array<string> => {
-  const knownHosts = join(gateway.dir, "known_hosts")
-  writeFileSync(knownHosts, `[127.0.0.1]:${gateway.port} ${hostPublicKey(gateway)}\n`)
+  const port = via.port ?? gateway.port
+  const knownHosts = join(gateway.dir, port === gateway.port ? "known_hosts" : `known_hosts_${port}`)
+  writeFileSync(knownHosts, `[127.0.0.1]:${port} ${hostPublicKey(gateway)}\n`)
   return [
     "-T",
+    ...(via.source === undefined ? [] : ["-b", via.source]),
     "-p",
-    String(gateway.port),
+    String(port),
     "-i",
     keyPath,
     "-F",
