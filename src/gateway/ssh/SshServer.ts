@@ -11,13 +11,12 @@ import {
   Duration,
   Effect,
   Exit,
-  FiberId,
+  Fiber,
   FiberSet,
   Layer,
   Queue,
   Runtime,
   Schedule,
-  Scope,
 } from "effect"
 import { expandHome } from "../../shared/paths.js"
 import { type Algorithms, type Connection, type ServerChannel, Ssh2Server } from "../../shared/ssh2.js"
@@ -118,8 +117,20 @@ export const SshServerLive = Layer.scoped(
     const drain = yield* Drain
     const metrics = yield* Metrics
 
-    const connections = yield* FiberSet.make<void, never>()
-    const runConnection = yield* FiberSet.runtime(connections)<never>()
+    /**
+     * Authenticated connections, each as how to release it (socket, slots, registrations). Released
+     * last at shutdown (this finalizer is added before the sessions' set, so it runs after it): every
+     * session has ended, and answered what it had in progress, before its socket goes.
+     */
+    const authenticatedReleases = new Set<() => void>()
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const release of [...authenticatedReleases]) release()
+      }),
+    )
+    /** Every MCP session of every connection: closing the server interrupts each and waits for it. */
+    const sessionFibers = yield* FiberSet.make<void, never>()
+    const runSessionFiber = yield* FiberSet.runtime(sessionFibers)<never>()
     const runtime = yield* Effect.runtime<never>()
     const runFork = Runtime.runFork(runtime)
     /** For log lines from callbacks: synchronous, so no fiber is scheduled. */
@@ -223,52 +234,6 @@ export const SshServerLive = Layer.scoped(
         }
       })
 
-    /** After login: live until the client closes or its key is revoked, which ends every session. */
-    const whileAuthenticated = (
-      identity: ClientIdentity,
-      grant: Grant,
-      closed: Deferred.Deferred<void>,
-      sessions: FiberSet.FiberSet<void, never>,
-      connection: () => Connection | undefined,
-    ) =>
-      Effect.gen(function* () {
-        yield* Effect.logInfo("authenticated").pipe(
-          Effect.annotateLogs({
-            client: identity.fingerprint,
-            user: identity.username,
-            identity: identity.identity,
-            groups: identity.groups.join(","),
-            ...(identity.certificate === undefined
-              ? {}
-              : { cert_serial: identity.certificate.serial, ca: identity.certificate.caFingerprint }),
-          }),
-        )
-        const revoked = yield* Deferred.make<string>()
-        const forget = live.add(
-          identity.fingerprint,
-          (reason) => Deferred.unsafeDone(revoked, Exit.succeed(reason)),
-          grant.recheck,
-        )
-        yield* Effect.addFinalizer(() => Effect.sync(forget))
-        // The key may have gone, or its line changed, between the login check and the registration above.
-        const now = yield* credentials
-        const gone =
-          identity.certificate === undefined &&
-          !now.keys.some((key) => key.kind === "key" && key.fingerprint === identity.fingerprint)
-        const changed = gone ? "the key was revoked" : grant.recheck(now)
-        if (changed !== undefined) yield* Deferred.succeed(revoked, changed)
-        const ended = yield* Effect.raceFirst(
-          Deferred.await(closed).pipe(Effect.as(undefined)),
-          Deferred.await(revoked),
-        )
-        if (ended === undefined) return yield* Effect.logDebug("connection closed")
-        // The sessions end first, answering what they still had in progress; then a clean SSH
-        // disconnect, and the scope ends the socket.
-        yield* FiberSet.clear(sessions)
-        connection()?.end()
-        yield* Effect.logInfo(`closed: ${ended}`).pipe(Effect.annotateLogs({ client: identity.fingerprint }))
-      })
-
     /**
      * Connections not yet authenticated, owned by the server scope: closing it ends each (with its
      * socket, slots and timers), so nothing outlives the server mid-handshake.
@@ -286,10 +251,9 @@ export const SshServerLive = Layer.scoped(
     }
 
     /**
-     * One accepted socket. Until authentication it runs on plain callbacks, not fibers (the handshake
-     * is the hot path of a new connection): its state below is owned by this closure alone, and
-     * `releases` is what ending it undoes. At authentication the releases pass to a Scope, and the
-     * connection becomes a fiber of the server (see whileAuthenticated).
+     * One accepted socket. It runs on plain callbacks, not fibers (the handshake and login are the hot
+     * path of a new connection): its state below is owned by this closure alone, and `releases` is
+     * what ending it undoes. Only its MCP sessions are fibers, in the server's set.
      */
     const acceptConnection = (socket: Socket) => {
       socket.on("error", () => {})
@@ -314,7 +278,8 @@ export const SshServerLive = Layer.scoped(
         releaseAll()
       }
       preAuth.add(end)
-      let closed: Deferred.Deferred<void> | undefined
+      /** Set at login: ends the connection, its sessions first, saying why when the gateway ends it. */
+      let endAuthenticated: ((reason?: string) => void) | undefined
 
       /** `peer`: the client, as the socket or a trusted proxy's header says (see proxiedSocket.ts). */
       const handshake = (peer: Peer) => {
@@ -351,10 +316,14 @@ export const SshServerLive = Layer.scoped(
           else socket.destroy()
         }
         let connection: Connection | undefined
-        let runSession: ((effect: Effect.Effect<void>) => unknown) | undefined
+        let runSession: ((effect: Effect.Effect<void>) => void) | undefined
         let identity: ClientIdentity | undefined
 
-        /** Login: the releases pass to a Scope, and the rest of the connection is a server fiber. */
+        /**
+         * Login: registered for revocation, and sessions may open. Ending it (the client closed, its
+         * key was revoked or its line changed) interrupts its sessions, which answer what they still
+         * had in progress; then a clean SSH disconnect when the gateway ended it, and the releases.
+         */
         const authenticated = (login: ClientIdentity, grant: Grant) => {
           if (phase !== "handshake") return
           if (serverClosed) return end()
@@ -364,27 +333,59 @@ export const SshServerLive = Layer.scoped(
           metrics.connectionOutcome("authenticated")
           uncount()
           identity = login
-          const connectionClosed = Deferred.unsafeMake<void>(FiberId.none)
-          closed = connectionClosed
-          if (socket.destroyed) Deferred.unsafeDone(connectionClosed, Exit.void)
-          const { scope, sessions, runIn } = runSync(
-            Effect.gen(function* () {
-              const scope = yield* Scope.make()
-              // Added first, so run last: the sessions end before the socket.
-              yield* Scope.addFinalizer(scope, Effect.sync(releaseAll))
-              const sessions = yield* FiberSet.make<void, never>().pipe(Scope.extend(scope))
-              const runIn = yield* FiberSet.runtime(sessions)<never>()
-              return { scope, sessions, runIn }
-            }),
-          )
-          runSession = runIn
-          runConnection(
-            whileAuthenticated(login, grant, connectionClosed, sessions, () => connection).pipe(
-              Scope.extend(scope),
-              Effect.onExit((exit) => Scope.close(scope, exit)),
-              Effect.annotateLogs(annotations),
+          const sessions = new Set<Fiber.RuntimeFiber<void, never>>()
+          runSession = (effect) => {
+            const fiber = runSessionFiber(effect)
+            sessions.add(fiber)
+            fiber.addObserver(() => sessions.delete(fiber))
+          }
+          authenticatedReleases.add(releaseAll)
+          const release = () => {
+            authenticatedReleases.delete(releaseAll)
+            releaseAll()
+          }
+          let forget = () => {}
+          endAuthenticated = (reason) => {
+            if (phase !== "authenticated") return
+            phase = "ended"
+            runSession = undefined
+            forget()
+            const closing =
+              reason === undefined
+                ? Effect.logDebug("connection closed")
+                : Effect.logInfo(`closed: ${reason}`).pipe(Effect.annotateLogs({ client: login.fingerprint }))
+            const finish = () => {
+              if (reason !== undefined) connection?.end()
+              release()
+              log(closing)
+            }
+            if (sessions.size === 0) return finish()
+            runFork(Effect.zipRight(Fiber.interruptAll(sessions), Effect.sync(finish)))
+          }
+          log(
+            Effect.logInfo("authenticated").pipe(
+              Effect.annotateLogs({
+                client: login.fingerprint,
+                user: login.username,
+                identity: login.identity,
+                groups: login.groups.join(","),
+                ...(login.certificate === undefined
+                  ? {}
+                  : { cert_serial: login.certificate.serial, ca: login.certificate.caFingerprint }),
+              }),
             ),
           )
+          const ended = endAuthenticated
+          forget = live.add(login.fingerprint, ended, grant.recheck)
+          // The key may have gone, or its line changed, between the login check and the registration above.
+          withCredentials((now) => {
+            const gone =
+              login.certificate === undefined &&
+              !now.keys.some((key) => key.kind === "key" && key.fingerprint === login.fingerprint)
+            const changed = gone ? "the key was revoked" : grant.recheck(now)
+            if (changed !== undefined) ended(changed)
+          })
+          if (socket.destroyed) ended()
         }
 
         const watch = identificationWatch(socket, () => connection !== undefined, drop)
@@ -400,13 +401,11 @@ export const SshServerLive = Layer.scoped(
             withCredentials,
             authFailed: metrics.authFailed,
             authenticated,
-            closed: () => {
-              if (closed !== undefined) Deferred.unsafeDone(closed, Exit.void)
-            },
+            closed: () => endAuthenticated?.(),
             ready: uncount,
             startMcp: (channel, selection) => {
-              // ssh2 opens no channel before authentication; refuse one all the same.
-              if (runSession === undefined || identity === undefined) return channel.destroy()
+              // ssh2 opens no channel before authentication; refuse one all the same (and after the end).
+              if (runSession === undefined || identity === undefined || serverClosed) return channel.destroy()
               runSession(
                 serveChannel(channel, selection, identity).pipe(
                   Effect.onInterrupt(() => Effect.sync(() => channel.destroy())),
@@ -443,7 +442,7 @@ export const SshServerLive = Layer.scoped(
       )
       // After the PROXY header reader's own listener, which says why a proxy closed early.
       socket.once("close", () => {
-        if (closed !== undefined) Deferred.unsafeDone(closed, Exit.void)
+        if (endAuthenticated !== undefined) endAuthenticated()
         else end("refused")
       })
     }
@@ -458,7 +457,7 @@ export const SshServerLive = Layer.scoped(
       }),
     )
     const address = yield* Effect.acquireRelease(listen(netServer, settings.host, settings.port), () =>
-      // Stop accepting now; open connections end when the FiberSet above is interrupted.
+      // Stop accepting now; open connections end when the sessions' set above is interrupted.
       Effect.sync(() => netServer.close()),
     )
     // A drain stops new connections at once; open ones stay for their calls in flight.

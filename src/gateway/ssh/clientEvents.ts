@@ -93,6 +93,9 @@ const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
       )
       if (decision._tag === "Refused")
         return refuse(context, authFailureReason(decision.code), decision.reason)
+      // The client learns at once; the gateway's own bookkeeping follows in the same turn, before any
+      // of the client's next packets is read.
+      context.accept()
       if (decision._tag === "Verified") {
         const { grant } = decision
         wiring.authenticated(
@@ -107,7 +110,6 @@ const wireAuthentication = (client: Connection, wiring: ClientWiring) => {
           grant,
         )
       }
-      context.accept()
     }
     wiring.withCredentials(decide)
   })
