@@ -5,7 +5,7 @@
  * the gateway refuse a configuration whose merged names collide before any client sees it, and
  * declare a slow server's capabilities before it is up.
  */
-import { Context, Duration, Effect, Layer, Option, type Stream, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Layer, Option, type Scope, type Stream, SubscriptionRef } from "effect"
 import {
   ErrorCode,
   errorResponse,
@@ -48,8 +48,19 @@ export interface CatalogShape {
   readonly servers: () => ReadonlyArray<ChildServer>
   /** The access policy as it stands. */
   readonly access: () => AccessPolicy | undefined
-  /** The configured servers and policy now, then after each reload: sessions follow it. */
+  /** The servers and policy as they stand, together. */
+  readonly configured: () => Configured
+  /** The configured servers and policy now, then after each reload (gateway-wide followers). */
   readonly changes: Stream.Stream<Configured>
+  /**
+   * Call `onChange` after each reload until the scope closes, and at once if the catalog is no
+   * longer `basis` (a reload landed while the caller was starting). A plain callback, for the many
+   * sessions: it must only hand the change over, not work in the caller's stead.
+   */
+  readonly follow: (
+    basis: Configured,
+    onChange: (configured: Configured) => void,
+  ) => Effect.Effect<void, never, Scope.Scope>
   /**
    * Adopt a new set of servers and policy: probe the servers that are new, changed or unprobed,
    * check the merged names of the whole set, then publish both. On a collision nothing changes.
@@ -225,6 +236,7 @@ export const CatalogLive = Layer.effect(
     let failures = new Map<string, string>()
     let configured: Configured = { servers: [], access: undefined }
     const current = yield* SubscriptionRef.make<Configured>(configured)
+    const followers = new Set<(configured: Configured) => void>()
 
     const adopt = (servers: ReadonlyArray<ChildServer>, access: AccessPolicy | undefined, diff: ServerDiff) =>
       Effect.gen(function* () {
@@ -252,6 +264,7 @@ export const CatalogLive = Layer.effect(
         )
         configured = { servers, access }
         yield* SubscriptionRef.set(current, configured)
+        for (const follower of followers) follower(configured)
         return diff
       })
 
@@ -262,8 +275,17 @@ export const CatalogLive = Layer.effect(
       profile: (server: string) => Option.fromNullable(probed.get(server)?.profile),
       servers: () => configured.servers,
       access: () => configured.access,
+      configured: () => configured,
       probeFailure: (server: string) => Option.fromNullable(failures.get(server)),
       changes: current.changes,
+      follow: (basis, onChange) =>
+        Effect.acquireRelease(
+          Effect.sync(() => {
+            followers.add(onChange)
+            if (configured !== basis) onChange(configured)
+          }),
+          () => Effect.sync(() => followers.delete(onChange)),
+        ),
       replace: (servers: ReadonlyArray<ChildServer>, access?: AccessPolicy) =>
         serialized.withPermits(1)(
           Effect.suspend(() => adopt(servers, access, diffServers(configured.servers, servers))),

@@ -18,7 +18,7 @@
  * never started for it, and a name it may not use never enters its routing table. A reload that
  * changes the policy changes the view in place, as it changes the servers.
  */
-import { Context, Data, Duration, Effect, Layer, Option, type Scope, Stream } from "effect"
+import { Context, Data, Duration, Effect, FiberSet, Layer, Option, type Scope } from "effect"
 import type { JsonRpcNotification, JsonRpcResponse } from "../../shared/jsonRpc.js"
 import { IdentityLimits, type SessionLimitReached } from "../access/IdentityLimits.js"
 import { resolveAccess, type SessionAccess } from "../access/sessionAccess.js"
@@ -120,9 +120,11 @@ export const HubLive = Layer.effect(
       client: ClientIdentity,
       output: ClientOutput,
       access: SessionAccess,
+      basis: Configured,
     ) =>
       Effect.gen(function* () {
-        const servers = selected(selection, catalog.servers(), access)
+        const servers = selected(selection, basis.servers, access)
+        const run = yield* FiberSet.makeRuntime<never, void, never>()
         const log = (effect: Effect.Effect<void>) =>
           effect.pipe(Effect.annotateLogs({ client: client.fingerprint }))
         const protocol = new SessionProtocol()
@@ -172,7 +174,7 @@ export const HubLive = Layer.effect(
         const dispatch = makeDispatch(children, routing, lists, forward, feed)
         const lifecycle = yield* makeLifecycle({ protocol, children, dispatch, forward, feed })
         const fastPath = makeFastPath(protocol, routing, children)
-        const request = yield* makeRequests(lifecycle.route, fastPath, audit, client, policy.refuse)
+        const request = yield* makeRequests(run, lifecycle.route, fastPath, audit, client, policy.refuse)
 
         const notify = (notification: JsonRpcNotification): Effect.Effect<void> => {
           if (notification.method === "notifications/initialized") return Effect.void
@@ -223,7 +225,24 @@ export const HubLive = Layer.effect(
               yield* log(Effect.logInfo(`access policy changed for identity '${client.identity}'`))
             }
           })
-        yield* catalog.changes.pipe(Stream.runForEach(follow), Effect.forkScoped)
+        // The latest change only: the session catches up to it, however many reloads it missed.
+        let pending: Configured | undefined
+        let following = false
+        const catchUp: Effect.Effect<void> = Effect.suspend(() => {
+          const next = pending
+          pending = undefined
+          if (next === undefined) {
+            following = false
+            return Effect.void
+          }
+          return Effect.zipRight(follow(next), catchUp)
+        })
+        yield* catalog.follow(basis, (configured) => {
+          pending = configured
+          if (following) return
+          following = true
+          run(catchUp)
+        })
 
         return {
           request,
@@ -235,12 +254,11 @@ export const HubLive = Layer.effect(
 
     const open = (selection: ReadonlyArray<string>, client: ClientIdentity, output: ClientOutput) =>
       Effect.gen(function* () {
-        const access = resolveAccess(catalog.access(), client)
+        // Servers and policy read together: the session follows every reload from this one on.
+        const basis = catalog.configured()
+        const access = resolveAccess(basis.access, client)
         // A server the client may not use is as unknown to it as one that is not configured.
-        const names = catalog
-          .servers()
-          .map((server) => server.name)
-          .filter((name) => access.server(name))
+        const names = basis.servers.map((server) => server.name).filter((name) => access.server(name))
         const unknown = selection.filter((name) => !names.includes(name))
         if (unknown.length > 0) {
           return yield* new SelectionError({
@@ -250,7 +268,7 @@ export const HubLive = Layer.effect(
         yield* limits
           .holdSession(client.identity, access.maxSessions)
           .pipe(Effect.tapError((refused) => Effect.logInfo(`refused session: ${refused.message}`)))
-        return yield* openSession(selection, client, output, access)
+        return yield* openSession(selection, client, output, access, basis)
       })
 
     return { open }

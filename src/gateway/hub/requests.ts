@@ -4,7 +4,7 @@
  * (callbacks only); any other runs as a fiber of the session through the lifecycle and dispatch.
  * Either way it gets one audit line, answered or cancelled.
  */
-import { Effect, Fiber, FiberSet, type Scope } from "effect"
+import { Effect, Fiber, type Runtime } from "effect"
 import {
   ErrorCode,
   errorResponse,
@@ -32,16 +32,22 @@ const outcomeOf = (response: OutgoingResponse) =>
     ? "ok"
     : `error ${response.error.code}`
 
+/** How a session runs its fibers: each is interrupted when the session ends. */
+export type SessionRunner = (
+  effect: Effect.Effect<void>,
+  options?: Runtime.RunForkOptions,
+) => Fiber.RuntimeFiber<void>
+
 export const makeRequests = (
+  run: SessionRunner,
   route: (request: JsonRpcRequest) => Effect.Effect<Routed>,
   fastPath: FastPath,
   audit: Audit["Type"],
   client: ClientIdentity,
   /** An answer for a request refused before routing (over the identity's rate limit), else undefined. */
   refuse: (request: JsonRpcRequest) => OutgoingResponse | undefined = () => undefined,
-): Effect.Effect<StartRequest, never, Scope.Scope> =>
+): Effect.Effect<StartRequest> =>
   Effect.gen(function* () {
-    const run = yield* FiberSet.makeRuntime<never, void, never>()
     const metrics = yield* Metrics
     return (request, respond) => {
       const started = Date.now()
