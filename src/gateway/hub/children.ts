@@ -227,10 +227,15 @@ export const makeSessionChildren = (
         clientCapabilities = params.capabilities
       }).pipe(
         Effect.zipRight(Deferred.succeed(handshake, params)),
+        // Children already up (a running shared server) need no wait, nor its timer.
         Effect.zipRight(
-          Effect.forEach(all, (child) => child.settled, { concurrency: "unbounded", discard: true }).pipe(
-            Effect.timeout(startupWait),
-            Effect.ignore,
+          Effect.suspend(() =>
+            all.every((child) => child.state()._tag !== "Starting")
+              ? Effect.void
+              : Effect.forEach(all, (child) => child.settled, {
+                  concurrency: "unbounded",
+                  discard: true,
+                }).pipe(Effect.timeout(startupWait), Effect.ignore),
           ),
         ),
       )
