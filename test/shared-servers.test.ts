@@ -10,7 +10,7 @@ import { promisify } from "node:util"
 import { afterEach, describe, expect, it } from "vitest"
 import { disposeGateway, mainScript, node, type RunningGateway, startGateway } from "./support/gateway.js"
 import { childrenOf, waitUntil } from "./support/processes.js"
-import { callTool as call, connect, openLineChannel } from "./support/ssh.js"
+import { callTool as call, connect, openLineChannel, toolNames } from "./support/ssh.js"
 
 let gateway: RunningGateway | undefined
 afterEach(async () => {
@@ -54,6 +54,64 @@ describe("shared servers", () => {
     expect(childrenOf(running.pid)).toHaveLength(1)
     for (const { connection } of sessions) connection.end()
   }, 120_000)
+
+  it("a child that announces list changes is listed once for all sessions, and again after it announces one", async () => {
+    gateway = await startGateway({
+      servers: {
+        mini: { ...node("mini-server.mjs", "list-changed"), scope: "shared" },
+        plain: { ...node("mini-server.mjs"), scope: "shared" },
+      },
+    })
+    const running = gateway
+    const first = await openSession(running, "mini")
+    const listedByChild = async (id: string) =>
+      Number(JSON.parse(textOf(await call(first.channel, id, "mini__listed", {}))).content[0].text)
+    const before = await listedByChild("listed-0")
+    const sessions = await Promise.all(Array.from({ length: 5 }, () => openSession(running, "mini")))
+    for (const [index, { channel }] of sessions.entries()) {
+      expect(await toolNames(channel, `list-${index}`)).toEqual(
+        [
+          "mini__echo",
+          "mini__env",
+          "mini__exit",
+          "mini__grow",
+          "mini__listed",
+          "mini__sleep",
+          "mini__updated",
+        ].sort(),
+      )
+    }
+    // The first session listed the tools to route its call (counted in `before`); all five sessions
+    // after it were answered from memory.
+    expect(before).toBeGreaterThan(0)
+    expect((await listedByChild("listed-1")) - before).toBe(0)
+
+    // The child adds a tool and says so: every session hears it, and the next list asks the child.
+    expect(textOf(await call(first.channel, "grow", "mini__grow", {}))).toContain("grown-1")
+    for (const { channel } of sessions)
+      await channel.waitFor((message) => message.method === "notifications/tools/list_changed")
+    for (const [index, { channel }] of sessions.entries())
+      expect(await toolNames(channel, `relist-${index}`)).toContain("mini__grown-1")
+    expect((await listedByChild("listed-2")) - before).toBe(1)
+
+    // A list with another parameter (a progress token) is the child's to answer, as is a server
+    // that does not announce changes: a second session sees the plain server's own list each time.
+    await first.channel.request("meta-list", "tools/list", { _meta: { progressToken: "p" } })
+    expect((await listedByChild("listed-3")) - before).toBe(2)
+
+    // A restarted child is listed again (its first life's pages are forgotten), once for all.
+    await call(first.channel, "exit", "mini__exit", {})
+    // list_changed when it grew, when it went and when it came back.
+    const changed = (message: Record<string, unknown>) =>
+      message.method === "notifications/tools/list_changed"
+    await first.channel.waitForCount(changed, 3, 20_000)
+    for (const [index, { channel }] of sessions.entries()) await toolNames(channel, `after-restart-${index}`)
+    expect(await listedByChild("listed-4")).toBe(1)
+
+    const plain = await openSession(running, "plain")
+    expect(await toolNames(plain.channel, "plain-list")).toContain("plain__echo")
+    for (const { connection } of [first, plain, ...sessions]) connection.end()
+  }, 60_000)
 
   it("sends each call of a session to the instance with the fewest calls in flight", async () => {
     gateway = await startGateway({

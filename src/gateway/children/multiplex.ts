@@ -9,7 +9,9 @@
  * - resources/subscribe is counted per URI, resources/updated goes to subscribers only;
  * - the child logs at the most verbose level any session asked for, each session gets what its own
  *   level lets through;
- * - a child's request goes to the one session with a call in flight at it, else it is refused.
+ * - a child's request goes to the one session with a call in flight at it, else it is refused;
+ * - the lists of a child that announces their changes (`listChanged`) are asked once and shared
+ *   until it announces one (or restarts), so a new session's tools/list does not wait for the child.
  *
  * The per-call path stays plain callbacks: a Map entry and a closure per call, no fiber.
  */
@@ -100,6 +102,42 @@ const forModernChild = (request: JsonRpcRequest, lease: Lease): JsonRpcRequest =
 }
 
 const ok = (id: JsonRpcId): JsonRpcResponse => ({ jsonrpc: "2.0", id, result: {} })
+
+/** The lists a session may be answered from memory, each with the capability that announces its changes. */
+const listCapability: Readonly<Record<string, string>> = {
+  "tools/list": "tools",
+  "prompts/list": "prompts",
+  "resources/list": "resources",
+  "resources/templates/list": "resources",
+}
+
+/** The capability whose list_changed makes its lists stale. */
+const changedCapability: Readonly<Record<string, string>> = {
+  "notifications/tools/list_changed": "tools",
+  "notifications/prompts/list_changed": "prompts",
+  "notifications/resources/list_changed": "resources",
+}
+
+/**
+ * The page a list request asks for, when it may be answered from memory: no parameter but a
+ * cursor (a progress token or anything else goes to the child).
+ */
+const listPageKey = (request: JsonRpcRequest): string | undefined => {
+  const params = request.params ?? {}
+  const keys = Object.keys(params)
+  if (keys.length === 0) return `${request.method} `
+  if (keys.length === 1 && typeof params.cursor === "string") return `${request.method} ${params.cursor}`
+  return undefined
+}
+
+/** Pages kept at most, whatever cursors sessions send (a child may take any as valid). */
+const maxListedPages = 256
+
+interface ListedPage {
+  /** The life of the child that answered it: a restarted child is asked again. */
+  readonly connection: UpstreamConnection
+  readonly response: JsonRpcResponse
+}
 const nothing = () => {}
 
 /** What a session gives its lease: where the child's messages and state changes for it go. */
@@ -148,6 +186,10 @@ export class Multiplexer {
   private readonly progressRoutes = new Map<string, { readonly lease: Lease; readonly token: unknown }>()
   private readonly subscribers = new Map<string, number>()
   private readonly childRequests = new Map<string, Lease>()
+  /** Pages of the lists, by method and cursor; only of a 2025-era child that announces their changes. */
+  private readonly listed = new Map<string, ListedPage>()
+  /** Per capability, how many times its lists went stale: an answer asked before that is not kept. */
+  private readonly listGeneration = new Map<string, number>()
   private nextToken = 1
   private child: SupervisedChild | undefined
   /** Calls of every lease in flight at the child, kept as they change: routing asks on every call. */
@@ -248,6 +290,8 @@ export class Multiplexer {
     const resubscribe = Effect.sync(() => {
       if (next._tag !== "Ready" || (previous._tag === "Ready" && previous.connection === next.connection))
         return
+      // Pages of the last life are never answered again.
+      this.listed.clear()
       // A new life of the child knows nothing of the URIs its sessions still hold, and their own
       // subscribe would stop at the count here: subscribe the new child to each of them again.
       for (const uri of this.subscribers.keys())
@@ -294,6 +338,7 @@ export class Multiplexer {
       case "notifications/tools/list_changed":
       case "notifications/prompts/list_changed":
       case "notifications/resources/list_changed":
+        this.listsChanged(changedCapability[message.method] ?? "")
         return this.each(() => true, connection, message)
       case "notifications/cancelled": {
         const key = JSON.stringify(params.requestId)
@@ -380,6 +425,11 @@ export class Multiplexer {
           return this.unsubscribe(lease, connection, request, done)
         case "logging/setLevel":
           return this.setLevel(lease, connection, request, done)
+        case "tools/list":
+        case "prompts/list":
+        case "resources/list":
+        case "resources/templates/list":
+          return this.list(lease, connection, request, done)
         default:
           return this.forward(lease, connection, request, done)
       }
@@ -467,6 +517,58 @@ export class Multiplexer {
       finish()
       cancel()
     }
+  }
+
+  /** Forget the pages of a capability's lists (or of all, for ""): the child said they changed. */
+  private listsChanged(capability: string) {
+    for (const [method, owner] of Object.entries(listCapability)) {
+      if (capability !== "" && owner !== capability) continue
+      this.listGeneration.set(owner, (this.listGeneration.get(owner) ?? 0) + 1)
+      for (const key of [...this.listed.keys()]) if (key.startsWith(`${method} `)) this.listed.delete(key)
+    }
+  }
+
+  /**
+   * A list page from memory when the child announces that list's changes and answered it in this
+   * life since its last announcement; else from the child, kept for the next session.
+   */
+  private list(
+    lease: Lease,
+    connection: UpstreamConnection,
+    request: JsonRpcRequest,
+    done: (outcome: CallOutcome) => void,
+  ): () => void {
+    const ready = this.ready()
+    const capability = listCapability[request.method] ?? ""
+    const announced = ready?.capabilities[capability]
+    const key = listPageKey(request)
+    if (
+      key === undefined ||
+      ready === undefined ||
+      ready.connection !== connection ||
+      ready.protocolVersion === modernVersion ||
+      !isObject(announced) ||
+      announced.listChanged !== true
+    )
+      return this.forward(lease, connection, request, done)
+    const known = this.listed.get(key)
+    if (known !== undefined && known.connection === connection) {
+      done({ ...known.response, id: request.id })
+      return nothing
+    }
+    const generation = this.listGeneration.get(capability) ?? 0
+    return this.forward(lease, connection, request, (outcome) => {
+      if (
+        !(outcome instanceof UpstreamError) &&
+        !(outcome instanceof ForwardedResponse) &&
+        isObject(outcome.result) &&
+        (this.listGeneration.get(capability) ?? 0) === generation &&
+        this.ready()?.connection === connection &&
+        this.listed.size < maxListedPages
+      )
+        this.listed.set(key, { connection, response: outcome })
+      done(outcome)
+    })
   }
 
   private subscribe(
