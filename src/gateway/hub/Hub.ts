@@ -124,7 +124,6 @@ export const HubLive = Layer.effect(
     ) =>
       Effect.gen(function* () {
         const servers = selected(selection, basis.servers, access)
-        const run = yield* FiberSet.makeRuntime<never, void, never>()
         const log = (effect: Effect.Effect<void>) =>
           effect.pipe(Effect.annotateLogs({ client: client.fingerprint }))
         const protocol = new SessionProtocol()
@@ -174,6 +173,9 @@ export const HubLive = Layer.effect(
         const dispatch = makeDispatch(children, routing, lists, forward, feed)
         const lifecycle = yield* makeLifecycle({ protocol, children, dispatch, forward, feed })
         const fastPath = makeFastPath(protocol, routing, children)
+        // Made after the parts it runs against, so it closes first: no request or reload runs on in
+        // a session whose children have gone.
+        const run = yield* FiberSet.makeRuntime<never, void, never>()
         const request = yield* makeRequests(run, lifecycle.route, fastPath, audit, client, policy.refuse)
 
         const notify = (notification: JsonRpcNotification): Effect.Effect<void> => {
@@ -235,7 +237,14 @@ export const HubLive = Layer.effect(
             following = false
             return Effect.void
           }
-          return Effect.zipRight(follow(next), catchUp)
+          return Effect.zipRight(follow(next), catchUp).pipe(
+            // A defect in one reload must not stop the session following the next.
+            Effect.onExit((exit) =>
+              Effect.sync(() => {
+                if (exit._tag === "Failure") following = false
+              }),
+            ),
+          )
         })
         yield* catalog.follow(basis, (configured) => {
           pending = configured
