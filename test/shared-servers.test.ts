@@ -59,7 +59,7 @@ describe("shared servers", () => {
     gateway = await startGateway({
       servers: {
         mini: { ...node("mini-server.mjs", "list-changed"), scope: "shared" },
-        plain: { ...node("mini-server.mjs"), scope: "shared" },
+        plain: { ...node("mini-server.mjs", "counts-lists"), scope: "shared" },
       },
     })
     const running = gateway
@@ -108,9 +108,24 @@ describe("shared servers", () => {
     for (const [index, { channel }] of sessions.entries()) await toolNames(channel, `after-restart-${index}`)
     expect(await listedByChild("listed-4")).toBe(1)
 
-    const plain = await openSession(running, "plain")
-    expect(await toolNames(plain.channel, "plain-list")).toContain("plain__echo")
-    for (const { connection } of [first, plain, ...sessions]) connection.end()
+    // A cursor the child never gave (the merged cursor is readable, so a client can make one up) is
+    // the child's to answer, every time.
+    const madeUp = Buffer.from(JSON.stringify(["mini", "made-up"])).toString("base64url")
+    for (const id of ["made-up-1", "made-up-2"])
+      await first.channel.request(id, "tools/list", { cursor: madeUp })
+    expect(await listedByChild("listed-5")).toBe(3)
+
+    // A server that does not promise to announce changes is listed by the child for each session.
+    const plainSessions = [await openSession(running, "plain"), await openSession(running, "plain")]
+    const [plainFirst] = plainSessions
+    if (plainFirst === undefined) throw new Error("no plain session")
+    const plainListed = async (id: string) =>
+      Number(JSON.parse(textOf(await call(plainFirst.channel, id, "plain__listed", {}))).content[0].text)
+    const plainBefore = await plainListed("plain-listed-0")
+    for (const [index, { channel }] of plainSessions.entries())
+      expect(await toolNames(channel, `plain-list-${index}`)).toContain("plain__echo")
+    expect((await plainListed("plain-listed-1")) - plainBefore).toBe(2)
+    for (const { connection } of [first, ...plainSessions, ...sessions]) connection.end()
   }, 60_000)
 
   it("sends each call of a session to the instance with the fewest calls in flight", async () => {

@@ -130,7 +130,7 @@ const listPageKey = (request: JsonRpcRequest): string | undefined => {
   return undefined
 }
 
-/** Pages kept at most, whatever cursors sessions send (a child may take any as valid). */
+/** Pages kept at most (a list of more pages is asked of the child past them). */
 const maxListedPages = 256
 
 interface ListedPage {
@@ -188,6 +188,12 @@ export class Multiplexer {
   private readonly childRequests = new Map<string, Lease>()
   /** Pages of the lists, by method and cursor; only of a 2025-era child that announces their changes. */
   private readonly listed = new Map<string, ListedPage>()
+  /**
+   * The pages that may be kept: the first of each list, and those whose cursor the child itself
+   * gave in a kept page. A cursor a client made up (the merged cursor is readable) is the child's
+   * to answer, and is never kept.
+   */
+  private readonly listable = new Set<string>()
   /** Per capability, how many times its lists went stale: an answer asked before that is not kept. */
   private readonly listGeneration = new Map<string, number>()
   private nextToken = 1
@@ -292,6 +298,7 @@ export class Multiplexer {
         return
       // Pages of the last life are never answered again.
       this.listed.clear()
+      this.listable.clear()
       // A new life of the child knows nothing of the URIs its sessions still hold, and their own
       // subscribe would stop at the count here: subscribe the new child to each of them again.
       for (const uri of this.subscribers.keys())
@@ -525,6 +532,7 @@ export class Multiplexer {
       if (capability !== "" && owner !== capability) continue
       this.listGeneration.set(owner, (this.listGeneration.get(owner) ?? 0) + 1)
       for (const key of [...this.listed.keys()]) if (key.startsWith(`${method} `)) this.listed.delete(key)
+      for (const key of [...this.listable]) if (key.startsWith(`${method} `)) this.listable.delete(key)
     }
   }
 
@@ -544,6 +552,7 @@ export class Multiplexer {
     const key = listPageKey(request)
     if (
       key === undefined ||
+      (key !== `${request.method} ` && !this.listable.has(key)) ||
       ready === undefined ||
       ready.connection !== connection ||
       ready.protocolVersion === modernVersion ||
@@ -565,8 +574,11 @@ export class Multiplexer {
         (this.listGeneration.get(capability) ?? 0) === generation &&
         this.ready()?.connection === connection &&
         this.listed.size < maxListedPages
-      )
+      ) {
         this.listed.set(key, { connection, response: outcome })
+        const next = outcome.result.nextCursor
+        if (typeof next === "string") this.listable.add(`${request.method} ${next}`)
+      }
       done(outcome)
     })
   }
