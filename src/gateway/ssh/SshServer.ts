@@ -1,8 +1,8 @@
 /**
  * The SSH server: public-key authentication only (signature verified here, key matched by blob),
- * sshd-like limits, and MCP on session channels (`shell`, `exec`, subsystem `mcp`). Each connection
- * is a fiber owning its sessions; closing the layer closes the listener, every connection and,
- * through their scopes, every child.
+ * sshd-like limits, and MCP on session channels (`shell`, `exec`, subsystem `mcp`). A connection runs
+ * on callbacks and its MCP sessions are fibers of the server; closing the layer closes the
+ * listener, ends every session (and, through their scopes, every child), then every connection.
  */
 import { type AddressInfo, createServer, type Server as NetServer, type Socket } from "node:net"
 import {
