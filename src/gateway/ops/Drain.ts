@@ -17,8 +17,13 @@ export type DrainOutcome =
 export interface DrainShape {
   /** True once the drain has begun; read on every request, so a plain call. */
   readonly draining: () => boolean
-  /** Completes when the drain begins (the SSH server closes its listener, sessions end their listens). */
+  /** Completes when the drain begins (the SSH server closes its listener). */
   readonly started: Effect.Effect<void>
+  /**
+   * Call `listener` once when the drain begins (at once if it has): a plain callback, for the many
+   * sessions (each ends its listens). The function returned forgets it.
+   */
+  readonly whenStarted: (listener: () => void) => () => void
   /** A request of some session is in flight; pair with one `callSettled` when it is answered or cancelled. */
   readonly callStarted: () => void
   readonly callSettled: () => void
@@ -44,6 +49,7 @@ export const DrainLive = Layer.effect(
     const idle = yield* Deferred.make<void>()
     let draining = false
     let inFlight = 0
+    const listeners = new Set<() => void>()
 
     const callSettled = () => {
       inFlight = Math.max(0, inFlight - 1)
@@ -56,6 +62,9 @@ export const DrainLive = Layer.effect(
         if (!draining) {
           draining = true
           yield* Deferred.succeed(started, undefined)
+          const waiting = [...listeners]
+          listeners.clear()
+          for (const listener of waiting) listener()
           yield* Effect.logInfo(
             `drain started: ${plural(inFlight, "call")} in flight; new connections and requests are refused; ` +
               `waiting up to ${Duration.format(timeout)}`,
@@ -86,6 +95,14 @@ export const DrainLive = Layer.effect(
     return {
       draining: () => draining,
       started: Deferred.await(started),
+      whenStarted: (listener: () => void) => {
+        if (draining) {
+          listener()
+          return () => {}
+        }
+        listeners.add(listener)
+        return () => listeners.delete(listener)
+      },
       callStarted: () => {
         inFlight++
       },

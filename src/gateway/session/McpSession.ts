@@ -10,7 +10,7 @@
  * reading thus stops everything that writes to it, and the gateway's memory stays flat.
  */
 import type { Readable, Writable } from "node:stream"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Runtime } from "effect"
 import {
   classifyLine,
   ErrorCode,
@@ -34,7 +34,10 @@ export interface SessionChannel {
   readonly output: Writable
   /** Where a session that cannot start says why (the SSH channel's stderr). */
   readonly diagnostics: Writable
-  /** Completes when the peer has closed the channel outright. */
+  /**
+   * Completes when the peer has closed the channel outright. `input` must then end or close too
+   * (an SSH channel does): the reader stops on that, this only cuts the wait for answers after it.
+   */
   readonly closed: Effect.Effect<void>
 }
 
@@ -190,6 +193,7 @@ export const McpSessionLive = Layer.effect(
     const { settings } = yield* GatewayConfig
     const metrics = yield* Metrics
     const maxLineBytes = settings.maxLineBytes
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const serve = (channel: SessionChannel, selection: ReadonlyArray<string>, client: ClientIdentity) =>
       Effect.gen(function* () {
@@ -231,8 +235,11 @@ export const McpSessionLive = Layer.effect(
             }
           }),
         )
-        // Long-lived requests (subscriptions/listen) would hold the drain to its timeout: end them now.
-        yield* Effect.forkScoped(Effect.zipRight(drain.started, session.endOfInput))
+        // Long-lived requests (subscriptions/listen) would hold the drain to its timeout: end them then.
+        yield* Effect.acquireRelease(
+          Effect.sync(() => drain.whenStarted(() => runFork(session.endOfInput))),
+          (forget) => Effect.sync(forget),
+        )
         const handleFrame = makeFrameHandler({
           session,
           inFlight,
@@ -243,19 +250,12 @@ export const McpSessionLive = Layer.effect(
         })
         // Requests are handled in the channel's 'data' callback, without a fiber; the rest in order after.
         // A last line without its newline is still a message.
-        const untilEndOfInput = readFrames(
-          channel.input,
-          new LineFramer(maxLineBytes),
-          handleFrame,
-          ready,
-        ).pipe(
-          // The client said it has nothing more to send: answer what is still in progress, then end.
-          Effect.zipRight(session.endOfInput),
-          Effect.zipRight(inFlight.drained),
-          Effect.as(0),
-        )
-        // A channel closed outright has nobody left to answer: stop at once.
-        return yield* Effect.raceFirst(untilEndOfInput, channel.closed.pipe(Effect.as(0)))
+        // The reader ends at the end of input, or when the channel closes (a closed stream ends too).
+        yield* readFrames(channel.input, new LineFramer(maxLineBytes), handleFrame, ready)
+        // The client said it has nothing more to send: answer what is still in progress, then end;
+        // a channel closed outright has nobody left to answer: stop at once.
+        yield* Effect.raceFirst(Effect.zipRight(session.endOfInput, inFlight.drained), channel.closed)
+        return 0
       }).pipe(
         Effect.scoped,
         Effect.annotateLogs({ client: client.fingerprint, user: client.username, remote: client.address }),

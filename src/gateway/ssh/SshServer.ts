@@ -316,7 +316,7 @@ export const SshServerLive = Layer.scoped(
           else socket.destroy()
         }
         let connection: Connection | undefined
-        let runSession: ((effect: Effect.Effect<void>) => void) | undefined
+        let runSession: ((effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>) | undefined
         let identity: ClientIdentity | undefined
 
         /**
@@ -338,6 +338,7 @@ export const SshServerLive = Layer.scoped(
             const fiber = runSessionFiber(effect)
             sessions.add(fiber)
             fiber.addObserver(() => sessions.delete(fiber))
+            return fiber
           }
           authenticatedReleases.add(releaseAll)
           const release = () => {
@@ -406,12 +407,16 @@ export const SshServerLive = Layer.scoped(
             startMcp: (channel, selection) => {
               // ssh2 opens no channel before authentication; refuse one all the same (and after the end).
               if (runSession === undefined || identity === undefined || serverClosed) return channel.destroy()
-              runSession(
+              const session = runSession(
                 serveChannel(channel, selection, identity).pipe(
                   Effect.onInterrupt(() => Effect.sync(() => channel.destroy())),
                   Effect.annotateLogs({ remote }),
                 ),
               )
+              // Closed outright: nobody is left to answer, whatever the session was waiting on.
+              channel.once("close", () => {
+                if (session.unsafePoll() === null) runFork(Fiber.interrupt(session))
+              })
             },
           })
         }

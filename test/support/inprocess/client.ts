@@ -141,7 +141,8 @@ export const connectClient = (
       endInput: Effect.sync(() => {
         input.end()
       }),
-      close: Deferred.succeed(closed, undefined).pipe(Effect.asVoid),
+      // As an SSH channel does: closed, and its input with it.
+      close: Deferred.succeed(closed, undefined).pipe(Effect.zipRight(Effect.sync(() => input.destroy()))),
       exit: Fiber.join(served),
     } satisfies TestClient
   })
