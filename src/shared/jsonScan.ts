@@ -119,12 +119,6 @@ const matches = (b: Uint8Array, i: number, word: string): boolean => {
 const isKey = (b: Uint8Array, key: KeySpan, word: string): boolean =>
   key.keyEnd - key.keyStart === word.length + 2 && matches(b, key.keyStart + 1, word)
 
-/** Whether the key has an escape: it might spell any name, so it is not judged by its bytes. */
-const hasEscape = (b: Uint8Array, key: KeySpan): boolean => {
-  for (let k = key.keyStart + 1; k < key.keyEnd - 1; k++) if (b[k] === BACKSLASH) return true
-  return false
-}
-
 // Containers on the stack.
 const IN_OBJECT = 1
 const IN_ARRAY = 2
@@ -254,34 +248,58 @@ const JSONRPC_2_0 = '"2.0"'
  */
 export const forwardableAnswer = (line: Uint8Array): ForwardableAnswer | undefined => {
   const scanned = scanObject(line)
-  if (scanned === undefined) return undefined
+  return scanned === undefined ? undefined : forwardableIn(scanned, { at: (i) => line[i] })
+}
+
+/** Bytes read by absolute offset: a line in one buffer, or in pieces (Pieces). */
+interface ByteReader {
+  at(i: number): number | undefined
+}
+
+const matchesAt = (r: ByteReader, i: number, word: string): boolean => {
+  for (let k = 0; k < word.length; k++) if (r.at(i + k) !== word.charCodeAt(k)) return false
+  return true
+}
+
+/** Whether the key at [start, end) (quotes included) is `word` spelled without escapes. */
+const isKeyAt = (r: ByteReader, key: KeySpan, word: string): boolean =>
+  key.keyEnd - key.keyStart === word.length + 2 && matchesAt(r, key.keyStart + 1, word)
+
+/** Whether the key has an escape: it might spell any name, so it is not judged by its bytes. */
+const hasEscapeAt = (r: ByteReader, key: KeySpan): boolean => {
+  for (let k = key.keyStart + 1; k < key.keyEnd - 1; k++) if (r.at(k) === BACKSLASH) return true
+  return false
+}
+
+/** The members' checks of forwardableAnswer, once the line is scanned (a few reads per member). */
+const forwardableIn = (scanned: ScannedObject, r: ByteReader): ForwardableAnswer | undefined => {
   let id: ScannedMember | undefined
   let jsonrpc: ScannedMember | undefined
   let result = false
   for (const member of scanned.members) {
-    if (isKey(line, member, "id")) {
+    if (isKeyAt(r, member, "id")) {
       if (id !== undefined) return undefined
       id = member
-    } else if (isKey(line, member, "jsonrpc")) {
+    } else if (isKeyAt(r, member, "jsonrpc")) {
       if (jsonrpc !== undefined) return undefined
       jsonrpc = member
-    } else if (isKey(line, member, "result")) {
+    } else if (isKeyAt(r, member, "result")) {
       if (result) return undefined
       result = true
-    } else if (isKey(line, member, "error") || isKey(line, member, "method") || hasEscape(line, member)) {
+    } else if (isKeyAt(r, member, "error") || isKeyAt(r, member, "method") || hasEscapeAt(r, member)) {
       // An error or a method makes it no success answer; an escaped key might spell any name.
       return undefined
     }
   }
   if (id === undefined || jsonrpc === undefined || !result) return undefined
-  if (jsonrpc.end - jsonrpc.start !== JSONRPC_2_0.length || !matches(line, jsonrpc.start, JSONRPC_2_0)) {
+  if (jsonrpc.end - jsonrpc.start !== JSONRPC_2_0.length || !matchesAt(r, jsonrpc.start, JSONRPC_2_0)) {
     return undefined
   }
-  const first = line[id.start]
+  const first = r.at(id.start)
   if (first !== MINUS && !isDigit(first ?? -1)) return undefined
-  for (const key of scanned.resultKeys) if (isKey(line, key, "task") || hasEscape(line, key)) return undefined
+  for (const key of scanned.resultKeys) if (isKeyAt(r, key, "task") || hasEscapeAt(r, key)) return undefined
   let text = ""
-  for (let k = id.start; k < id.end; k++) text += String.fromCharCode(line[k] as number)
+  for (let k = id.start; k < id.end; k++) text += String.fromCharCode(r.at(k) as number)
   return { id: Number(text), idStart: id.start, idEnd: id.end }
 }
 
@@ -449,19 +467,6 @@ const skipNumberP = (p: Pieces, i: number): number => {
   return i
 }
 
-const matchesP = (p: Pieces, i: number, word: string): boolean => {
-  for (let k = 0; k < word.length; k++) if (p.at(i + k) !== word.charCodeAt(k)) return false
-  return true
-}
-
-const isKeyP = (p: Pieces, key: KeySpan, word: string): boolean =>
-  key.keyEnd - key.keyStart === word.length + 2 && matchesP(p, key.keyStart + 1, word)
-
-const hasEscapeP = (p: Pieces, key: KeySpan): boolean => {
-  for (let k = key.keyStart + 1; k < key.keyEnd - 1; k++) if (p.at(k) === BACKSLASH) return true
-  return false
-}
-
 /** scanObject of the pieces' join, without the join. */
 export const scanPieces = (p: Pieces): ScannedObject | undefined => {
   if (!isUtf8Pieces(p.pieces)) return undefined
@@ -506,7 +511,7 @@ export const scanPieces = (p: Pieces): ScannedObject | undefined => {
     if (c === OPEN_BRACE || c === OPEN_BRACKET) {
       const object = c === OPEN_BRACE
       if (depth === 1) {
-        inResult = object && isKeyP(p, { keyStart: memberKeyStart, keyEnd: memberKeyEnd }, "result")
+        inResult = object && isKeyAt(p, { keyStart: memberKeyStart, keyEnd: memberKeyEnd }, "result")
       }
       stack.push(object ? IN_OBJECT : IN_ARRAY)
       depth++
@@ -524,11 +529,11 @@ export const scanPieces = (p: Pieces): ScannedObject | undefined => {
     } else if (c === MINUS || isDigit(c ?? -1)) {
       end = skipNumberP(p, i)
     } else if (c === 0x74) {
-      end = matchesP(p, i, "true") ? i + 4 : -1
+      end = matchesAt(p, i, "true") ? i + 4 : -1
     } else if (c === 0x66) {
-      end = matchesP(p, i, "false") ? i + 5 : -1
+      end = matchesAt(p, i, "false") ? i + 5 : -1
     } else if (c === 0x6e) {
-      end = matchesP(p, i, "null") ? i + 4 : -1
+      end = matchesAt(p, i, "null") ? i + 4 : -1
     } else {
       return undefined
     }
@@ -561,32 +566,5 @@ export const scanPieces = (p: Pieces): ScannedObject | undefined => {
 /** forwardableAnswer of the pieces' join, without the join. */
 export const forwardablePieces = (p: Pieces): ForwardableAnswer | undefined => {
   const scanned = scanPieces(p)
-  if (scanned === undefined) return undefined
-  let id: ScannedMember | undefined
-  let jsonrpc: ScannedMember | undefined
-  let result = false
-  for (const member of scanned.members) {
-    if (isKeyP(p, member, "id")) {
-      if (id !== undefined) return undefined
-      id = member
-    } else if (isKeyP(p, member, "jsonrpc")) {
-      if (jsonrpc !== undefined) return undefined
-      jsonrpc = member
-    } else if (isKeyP(p, member, "result")) {
-      if (result) return undefined
-      result = true
-    } else if (isKeyP(p, member, "error") || isKeyP(p, member, "method") || hasEscapeP(p, member)) {
-      return undefined
-    }
-  }
-  if (id === undefined || jsonrpc === undefined || !result) return undefined
-  if (jsonrpc.end - jsonrpc.start !== JSONRPC_2_0.length || !matchesP(p, jsonrpc.start, JSONRPC_2_0)) {
-    return undefined
-  }
-  const first = p.at(id.start)
-  if (first !== MINUS && !isDigit(first ?? -1)) return undefined
-  for (const key of scanned.resultKeys) if (isKeyP(p, key, "task") || hasEscapeP(p, key)) return undefined
-  let text = ""
-  for (let k = id.start; k < id.end; k++) text += String.fromCharCode(p.at(k) as number)
-  return { id: Number(text), idStart: id.start, idEnd: id.end }
+  return scanned === undefined ? undefined : forwardableIn(scanned, p)
 }

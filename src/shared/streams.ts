@@ -7,25 +7,33 @@ export class StreamClosed {
   readonly _tag = "StreamClosed"
 }
 
+/**
+ * Call `then` once, at the stream's next 'drain' or its end ('close' or 'error'), saying which came
+ * first; the function returned forgets it.
+ */
+const onceDrainedOrClosed = (stream: Writable, then: (outcome: "drained" | "closed") => void) => {
+  const finish = (outcome: "drained" | "closed") => {
+    cleanup()
+    then(outcome)
+  }
+  const drained = () => finish("drained")
+  const closed = () => finish("closed")
+  const cleanup = () => {
+    stream.off("drain", drained)
+    stream.off("close", closed)
+    stream.off("error", closed)
+  }
+  stream.once("drain", drained)
+  stream.once("close", closed)
+  stream.once("error", closed)
+  return cleanup
+}
+
 /** The stream's next 'drain', or its end ('close' or 'error'): which of the two came first. */
 const nextDrain = (stream: Writable): Effect.Effect<"drained" | "closed"> =>
-  Effect.async((resume) => {
-    const finish = (outcome: "drained" | "closed") => {
-      cleanup()
-      resume(Effect.succeed(outcome))
-    }
-    const drained = () => finish("drained")
-    const closed = () => finish("closed")
-    const cleanup = () => {
-      stream.off("drain", drained)
-      stream.off("close", closed)
-      stream.off("error", closed)
-    }
-    stream.once("drain", drained)
-    stream.once("close", closed)
-    stream.once("error", closed)
-    return Effect.sync(cleanup)
-  })
+  Effect.async((resume) =>
+    Effect.sync(onceDrainedOrClosed(stream, (outcome) => resume(Effect.succeed(outcome)))),
+  )
 
 /**
  * Write and, when the stream's buffer is full, wait for 'drain' so a slow reader slows the writer
@@ -139,19 +147,7 @@ export const openGate: OutputGate = { wait: () => undefined }
 export const gateOf = (stream: Writable): OutputGate => ({
   wait: (resume) => {
     if (!stream.writableNeedDrain || stream.destroyed) return undefined
-    const done = () => {
-      cleanup()
-      resume()
-    }
-    const cleanup = () => {
-      stream.off("drain", done)
-      stream.off("close", done)
-      stream.off("error", done)
-    }
-    stream.once("drain", done)
-    stream.once("close", done)
-    stream.once("error", done)
-    return cleanup
+    return onceDrainedOrClosed(stream, () => resume())
   },
 })
 

@@ -345,7 +345,7 @@ export class Multiplexer {
       case "notifications/tools/list_changed":
       case "notifications/prompts/list_changed":
       case "notifications/resources/list_changed":
-        this.listsChanged(changedCapability[message.method] ?? "")
+        this.listsChanged(message.method)
         return this.each(() => true, connection, message)
       case "notifications/cancelled": {
         const key = JSON.stringify(params.requestId)
@@ -526,14 +526,15 @@ export class Multiplexer {
     }
   }
 
-  /** Forget the pages of a capability's lists (or of all, for ""): the child said they changed. */
-  private listsChanged(capability: string) {
-    for (const [method, owner] of Object.entries(listCapability)) {
-      if (capability !== "" && owner !== capability) continue
-      this.listGeneration.set(owner, (this.listGeneration.get(owner) ?? 0) + 1)
-      for (const key of [...this.listed.keys()]) if (key.startsWith(`${method} `)) this.listed.delete(key)
-      for (const key of [...this.listable]) if (key.startsWith(`${method} `)) this.listable.delete(key)
-    }
+  /** Forget the pages of the lists a list_changed names: the child said they changed. */
+  private listsChanged(notification: string) {
+    const capability = changedCapability[notification]
+    if (capability === undefined) return
+    this.listGeneration.set(capability, (this.listGeneration.get(capability) ?? 0) + 1)
+    // A key is "METHOD CURSOR": its method says whose list it is.
+    const stale = (key: string) => listCapability[key.slice(0, key.indexOf(" "))] === capability
+    for (const key of [...this.listed.keys()]) if (stale(key)) this.listed.delete(key)
+    for (const key of [...this.listable]) if (stale(key)) this.listable.delete(key)
   }
 
   /**

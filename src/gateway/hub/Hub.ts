@@ -237,20 +237,19 @@ export const HubLive = Layer.effect(
             following = false
             return Effect.void
           }
-          return Effect.zipRight(follow(next), catchUp).pipe(
-            // A defect in one reload must not stop the session following the next.
-            Effect.onExit((exit) =>
-              Effect.sync(() => {
-                if (exit._tag === "Failure") following = false
-              }),
-            ),
-          )
+          return Effect.zipRight(follow(next), catchUp)
         })
+        // A defect in one reload must not stop the session following the next.
+        const catchUpOrReset = Effect.onError(catchUp, () =>
+          Effect.sync(() => {
+            following = false
+          }),
+        )
         yield* catalog.follow(basis, (configured) => {
           pending = configured
           if (following) return
           following = true
-          run(catchUp)
+          run(catchUpOrReset)
         })
 
         return {
